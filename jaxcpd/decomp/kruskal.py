@@ -1,0 +1,119 @@
+"""Metrics and transforms of tensors in Kruskal (CP) format ``[[A, B, C]]``.
+
+All functions take a tuple of factor matrices ``(F_1, ..., F_N)``, ``F_n`` of shape
+``(I_n, R)``, and are pure, differentiable and jit/vmap compatible.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ._checks import check_factors
+
+
+def _sq_norms(factors):
+    """``(N, R)`` squared column norms of every factor."""
+    return jnp.stack([jnp.sum(f * f, axis=0) for f in factors])
+
+
+def khatri_rao(mats):
+    """Column-wise Kronecker product, first matrix varying slowest: ``(prod I_n, R)``."""
+    out = mats[0]
+    for m in mats[1:]:
+        out = (out[:, None, :] * m[None, :, :]).reshape(-1, m.shape[1])
+    return out
+
+
+def reconstruct(factors):
+    """Unchecked :func:`cp_reconstruct` for internal use on trusted factors."""
+    first, rest = factors[0], factors[1:]
+    shape = tuple(f.shape[0] for f in factors)
+    return (first @ khatri_rao(rest).T).reshape(shape)
+
+
+def cp_reconstruct(factors):
+    """Full tensor of a CP model, eq. 2: ``sum_r a_r o b_r o c_r``.
+
+    Args:
+      factors: tuple ``(F_1, ..., F_N)`` of ``(I_n, R)`` matrices, any order N >= 2.
+
+    Returns:
+      Array of shape ``(I_1, ..., I_N)``.
+    """
+    return reconstruct(check_factors(factors))
+
+
+def cp_intensities(factors):
+    """Intensities ``||a_r o b_r o c_r||_F`` of the R rank-1 terms.
+
+    The sum of their squares is the degeneracy measure of eq. 3.
+
+    Args:
+      factors: tuple of ``(I_n, R)`` factor matrices.
+
+    Returns:
+      ``(R,)`` array.
+    """
+    factors = check_factors(factors)
+    return jnp.sqrt(jnp.prod(_sq_norms(factors), axis=0))
+
+
+def sensitivity(factors):
+    """Unchecked :func:`cp_sensitivity`."""
+    sq = _sq_norms(factors)
+    total = 0.0
+    for n in range(sq.shape[0]):
+        total = total + jnp.sum(jnp.prod(jnp.delete(sq, n, axis=0), axis=0))
+    return total
+
+
+def cp_sensitivity(factors):
+    """Sensitivity of a CP model, Lemma 1 / eq. 5, as the paper writes it.
+
+    For order 3 this is ``tr{(A'A)*(B'B) + (B'B)*(C'C) + (A'A)*(C'C)}``
+    ``= sum_r |a_r|^2|b_r|^2 + |b_r|^2|c_r|^2 + |a_r|^2|c_r|^2``; for order N the sum
+    runs over the N products that leave one factor out.
+
+    Note: to first order in ``sigma``, the expectation in Definition 1 (eq. 4) equals
+    ``sigma^2 * sum_n I_n * sum_r prod_{m != n} |f_{m,r}|^2`` (``I_n`` rows of the
+    perturbed factor), not ``R sigma^2`` times eq. 5: eq. 7-9 drop the row counts.
+    This function returns eq. 5, the quantity EPC minimises (eq. 10).
+
+    Args:
+      factors: tuple of ``(I_n, R)`` factor matrices.
+
+    Returns:
+      Scalar.
+
+    References:
+      Phan et al., ECCV 2020, Definition 1 and Lemma 1.
+    """
+    return sensitivity(check_factors(factors))
+
+
+def balance(factors):
+    """Unchecked :func:`cp_balance`."""
+    sq = _sq_norms(factors)
+    norms = jnp.sqrt(sq)
+    n_modes = len(factors)
+    nonzero = jnp.all(norms > 0, axis=0)
+    safe = jnp.where(nonzero, norms, 1.0)
+    target = jnp.exp(jnp.mean(jnp.log(safe), axis=0))
+    scale = jnp.where(nonzero, target / safe, 0.0)
+    return tuple(factors[n] * scale[n] for n in range(n_modes))
+
+
+def cp_balance(factors):
+    """Rescales each rank-1 term so its N vectors have equal norms.
+
+    The tensor is unchanged (the scales multiply to one per term) and, by AM-GM,
+    each term's contribution to the sensitivity (eq. 5) is minimised over such
+    rescalings. Terms with a zero vector are set exactly to zero.
+
+    Args:
+      factors: tuple of ``(I_n, R)`` factor matrices.
+
+    Returns:
+      Tuple of rescaled factor matrices with the same shapes.
+    """
+    return balance(check_factors(factors))
