@@ -72,7 +72,8 @@ def _contract_except(y, factors, keep):
     return y
 
 
-def _hadamard_grams(grams, skip):
+def hadamard_grams(grams, skip=None):
+    """Hadamard product of the Gram matrices ``F_n^T F_n``, leaving out mode ``skip``."""
     out = None
     for n, g in enumerate(grams):
         if n != skip:
@@ -80,38 +81,48 @@ def _hadamard_grams(grams, skip):
     return out
 
 
-def als_sweep(x, factors):
-    """One ALS sweep over all modes (dimension tree).
+def dimension_tree_sweep(x, norm_sq, factors, update, carry=None):
+    """One pass over all modes, each factor replaced by ``update`` (dimension tree).
 
     Args:
       x: order-N tensor.
-      factors: current factors; left-mode factors are used as given.
+      norm_sq: ``||x||_F^2``.
+      factors: current factor matrices.
+      update: ``update(n, factors, gram, mttkrp, carry) -> (new F_n, carry)`` where
+        ``gram`` is the Hadamard product of the other factors' Gram matrices and
+        ``mttkrp`` is ``X_(n) @ khatri_rao(other factors)``; ``factors`` holds the
+        already updated ones.
+      carry: state threaded through the updates.
 
     Returns:
-      ``(factors, err_sq)``: updated factors (left modes column-normalised, the last
-      mode carrying the scale) and the squared residual norm via the Gram identity
-      ``|X|^2 - 2<X, X^> + |X^|^2``.
+      ``(factors, err_sq, carry)``: the updated factors, the squared residual norm via
+      the Gram identity ``|X|^2 - 2<X, X^> + |X^|^2``, and the final carry.
     """
-    n_modes = x.ndim
-    last = n_modes - 1
-    left_shape = x.shape[:last]
+    last = x.ndim - 1
     x_left = x.reshape(-1, x.shape[last])
     factors = list(factors)
     grams = [f.T @ f for f in factors]
-    y = (x_left @ factors[last]).reshape(*left_shape, -1)
-    for n in range(last):
-        m = _contract_except(y, factors, n)
-        f = _normalize(_gram_solve(_hadamard_grams(grams, n), m))
-        factors[n] = f
-        grams[n] = f.T @ f
-    m_last = x_left.T @ khatri_rao(factors[:last])
-    f_last = _gram_solve(_hadamard_grams(grams, last), m_last)
-    factors[last] = f_last
-    grams[last] = f_last.T @ f_last
-    inner = jnp.sum(m_last * f_last)
-    model_sq = jnp.sum(_hadamard_grams(grams, None))
-    err_sq = jnp.sum(x * x) - 2.0 * inner + model_sq
-    return tuple(factors), err_sq
+    y = (x_left @ factors[last]).reshape(*x.shape[:last], -1)
+    mttkrp = None
+    for n in range(x.ndim):
+        if n < last:
+            mttkrp = _contract_except(y, factors, n)
+        else:
+            mttkrp = x_left.T @ khatri_rao(factors[:last])
+        factors[n], carry = update(n, tuple(factors), hadamard_grams(grams, n), mttkrp, carry)
+        grams[n] = factors[n].T @ factors[n]
+    err_sq = norm_sq - 2.0 * jnp.sum(mttkrp * factors[last]) + jnp.sum(hadamard_grams(grams))
+    return tuple(factors), err_sq, carry
+
+
+def _als_update(last):
+    """ALS rule: least-squares factor; left modes column-normalised, the last keeps the scale."""
+
+    def update(n, factors, gram, mttkrp, carry):
+        f = _gram_solve(gram, mttkrp)
+        return (f if n == last else _normalize(f)), carry
+
+    return update
 
 
 def _svd_init(x, rank, key):
@@ -160,9 +171,12 @@ def _cp_als(x, init, tol, *, max_iter):
         change = jnp.abs(prev - err) / jnp.maximum(prev, eps)
         return (it < max_iter) & ((it < 2) | (change > tol)) & (err > 10.0 * eps)
 
+    norm_sq = norm_x * norm_x
+    update = _als_update(x.ndim - 1)
+
     def body(state):
         it, factors, err, _, errors = state
-        factors, err_sq = als_sweep(x, factors)
+        factors, err_sq, _ = dimension_tree_sweep(x, norm_sq, factors, update)
         new_err = rel_err(factors, err_sq)
         return it + 1, factors, new_err, err, errors.at[it].set(new_err)
 
