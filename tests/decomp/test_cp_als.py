@@ -1,0 +1,140 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorly as tl
+from cp_testing import full, random_factors
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tensorly.decomposition import parafac
+
+import jaxcpd
+
+
+@pytest.mark.parametrize(
+    ("shape", "rank", "init"),
+    [((9, 64, 64), 20, "svd"), ((9, 32, 48), 12, "svd"), ((9, 32, 48), 8, "random"), ((4, 5, 6, 7), 3, "svd"), ((30, 40), 5, "svd")],
+)
+def test_recovers_exact_low_rank(shape, rank, init):
+    x = full(random_factors(shape, rank, seed=rank)).astype(np.float32)
+    res = jaxcpd.cp_als(x, rank, init=init, max_iter=3000, tol=1e-9)
+    assert float(res.rel_error) < 1e-5
+    assert len(res.factors) == len(shape)
+    assert all(f.shape == (n, rank) for f, n in zip(res.factors, shape, strict=True))
+
+
+def test_recovers_collinear_factors():
+    x = full(random_factors((9, 16, 16), 5, seed=4, congruence=0.9)).astype(np.float32)
+    res = jaxcpd.cp_als(x, 5, max_iter=20000, tol=0.0)
+    assert float(res.rel_error) < 1e-5
+
+
+def _tensorly_error(x, factors, rank, n_iter):
+    tl.set_backend("numpy")
+    x64 = np.asarray(x, np.float64)
+    init = tl.cp_tensor.CPTensor((np.ones(rank), [np.asarray(f, np.float64) for f in factors]))
+    cp = parafac(x64, rank, init=init, n_iter_max=n_iter, tol=0.0, normalize_factors=False)
+    return np.linalg.norm(x64 - tl.cp_to_tensor(cp)) / np.linalg.norm(x64)
+
+
+@pytest.mark.parametrize("rank", [5, 20])
+def test_not_worse_than_tensorly(rank):
+    rng = np.random.default_rng(rank)
+    low = full(random_factors((9, 24, 32), 8, seed=1))
+    x = (low / np.linalg.norm(low) + 0.05 * rng.standard_normal(low.shape) / np.sqrt(low.size)).astype(np.float32)
+    init = tuple(rng.standard_normal((n, rank)).astype(np.float32) for n in x.shape)
+    ours = jaxcpd.cp_als(x, rank, init=init, max_iter=300, tol=0.0)
+    theirs = _tensorly_error(x, init, rank, 300)
+    assert float(ours.rel_error) <= theirs + 1e-3
+    # the reported error is the true error of the returned factors
+    np.testing.assert_allclose(
+        float(ours.rel_error), np.linalg.norm(x - full(ours.factors)) / np.linalg.norm(x), rtol=1e-4
+    )
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    shape=st.sampled_from([(9, 8, 8), (4, 12, 6), (9, 16, 10), (3, 4, 5, 6)]),
+    rank=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+    init=st.sampled_from(["svd", "random"]),
+)
+def test_error_history_non_increasing(shape, rank, seed, init):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    res = jaxcpd.cp_als(x, rank, key=jax.random.PRNGKey(seed), init=init, max_iter=60, tol=0.0)
+    errors = np.asarray(res.errors)
+    assert np.all(np.isfinite(errors))
+    assert np.all(np.diff(errors) <= 1e-5 * errors[:-1] + 1e-6)
+    assert 1 <= int(res.n_iter) <= 60
+    assert errors[-1] == pytest.approx(float(res.rel_error), rel=1e-3)
+
+
+def test_history_padding_and_stop_on_tol():
+    x = np.random.default_rng(0).standard_normal((9, 8, 8)).astype(np.float32)
+    res = jaxcpd.cp_als(x, 3, max_iter=500, tol=1e-3)
+    n = int(res.n_iter)
+    assert n < 500
+    np.testing.assert_array_equal(res.errors[n:], res.rel_error)
+
+
+def test_zero_tensor():
+    res = jaxcpd.cp_als(np.zeros((9, 4, 5), np.float32), 3)
+    assert float(res.rel_error) == 0.0
+    assert all(np.all(np.asarray(f) == 0) for f in res.factors)
+
+
+def test_returned_factors_are_balanced():
+    x = np.random.default_rng(1).standard_normal((9, 8, 8)).astype(np.float32)
+    res = jaxcpd.cp_als(x, 4)
+    norms = np.stack([np.linalg.norm(f, axis=0) for f in res.factors])
+    np.testing.assert_allclose(norms, np.broadcast_to(norms[0], norms.shape), rtol=1e-4)
+
+
+def test_vmap_matches_loop_and_jit():
+    xs = np.stack([full(random_factors((9, 10, 12), 3, seed=s)) for s in range(3)]).astype(np.float32)
+    batched = jax.vmap(lambda x: jaxcpd.cp_als(x, 3, max_iter=200))(xs)
+    for i in range(3):
+        single = jaxcpd.cp_als(xs[i], 3, max_iter=200)
+        np.testing.assert_allclose(batched.rel_error[i], single.rel_error, atol=1e-5)
+    jitted = jax.jit(lambda x: jaxcpd.cp_als(x, 3).rel_error)(xs[0])
+    assert float(jitted) < 1e-5
+
+
+def test_float64(x64):
+    x = jnp.asarray(full(random_factors((9, 10, 12), 4, seed=7)))
+    res = jaxcpd.cp_als(x, 4, max_iter=3000, tol=0.0)
+    assert res.factors[0].dtype == jnp.float64
+    assert float(res.rel_error) < 1e-10
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rank": 0}, "rank must be >= 1"),
+        ({"rank": 2.5}, "rank must be a positive int"),
+        ({"rank": True}, "rank must be a positive int"),
+        ({"rank": 2, "init": "bogus"}, "init must be"),
+        ({"rank": 2, "init": (np.ones((9, 2)), np.ones((4, 2)), np.ones((4, 2)))}, "row counts"),
+        ({"rank": 3, "init": (np.ones((9, 2)), np.ones((4, 2)), np.ones((5, 2)))}, "rank=3"),
+        ({"rank": 2, "max_iter": 0}, "max_iter"),
+        ({"rank": 2, "tol": -1.0}, "tol"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    x = np.ones((9, 4, 5), np.float32)
+    with pytest.raises(ValueError, match=match):
+        jaxcpd.cp_als(x, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (np.array([[[np.nan]]]), "NaN or Inf"),
+        (np.full((2, 2, 2), np.inf), "NaN or Inf"),
+        (np.ones(5), "ndim>=2"),
+        (np.ones((0, 2, 2)), "empty"),
+    ],
+)
+def test_bad_tensor(x, match):
+    with pytest.raises(ValueError, match=match):
+        jaxcpd.cp_als(x, 1)
