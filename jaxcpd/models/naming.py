@@ -5,9 +5,13 @@ submodule, joined by dots: ``"layer4.1.conv1"`` is ``model.layer4[1].conv1`` and
 ``"features.28"`` is ``model.features[28]``. These are torchvision's module names,
 so they double as state-dict key prefixes and as layer names in reports.
 
-Traversal follows attribute definition order, depth first, like
-``torch.nn.Module.named_modules``; the ported models define their layers in forward
-order, so for them definition order is forward order.
+Traversal is depth first, like ``torch.nn.Module.named_modules``. List items come
+in index order. Other children come in the order of the module class's
+``child_order`` (a tuple of attribute names; the ported models list their layers in
+forward order), then any remaining ones sorted by name. Attribute definition order
+is not used: NNX rebuilds modules with sorted attributes after ``nnx.split`` /
+``nnx.merge`` (``nnx.jit`` outputs, ``nnx.clone``, ``nnx.eval_shape``), so it would
+change the listing.
 
 A *conv slot* is a submodule that is an ``nnx.Conv`` or, after model surgery, a
 compressed block standing in for one. Blocks are recognised by duck typing: any
@@ -28,9 +32,10 @@ def _children(module: nnx.Module) -> Iterator[tuple[str, nnx.Module]]:
             if isinstance(child, nnx.Module):
                 yield str(index), child
         return
-    for attr, child in vars(module).items():
-        if not attr.startswith("_") and isinstance(child, nnx.Module):
-            yield attr, child
+    attrs = {attr: child for attr, child in vars(module).items() if isinstance(child, nnx.Module)}
+    order = getattr(type(module), "child_order", ())
+    for attr in (*(a for a in order if a in attrs), *sorted(a for a in attrs if a not in order)):
+        yield attr, attrs[attr]
 
 
 def is_conv_slot(module) -> bool:

@@ -44,6 +44,7 @@ class BasicBlock(nnx.Module):
     """
 
     expansion = 1
+    child_order = ("conv1", "bn1", "conv2", "bn2", "downsample")  # forward order, see naming.py
 
     def __init__(self, in_planes: int, planes: int, *, stride: int = 1, rngs: nnx.Rngs):
         self.conv1 = conv2d(in_planes, planes, 3, stride=stride, padding=1, rngs=rngs)
@@ -70,6 +71,7 @@ class Bottleneck(nnx.Module):
     """
 
     expansion = 4
+    child_order = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample")
 
     def __init__(self, in_planes: int, planes: int, *, stride: int = 1, rngs: nnx.Rngs):
         out_planes = planes * self.expansion
@@ -102,6 +104,8 @@ class ResNet(nnx.Module):
       in_channels: input channels (1 for MNIST).
       rngs: random streams for the initialisers.
     """
+
+    child_order = ("conv1", "bn1", "maxpool", "layer1", "layer2", "layer3", "layer4", "fc")
 
     def __init__(
         self,

@@ -70,7 +70,9 @@ class _Entry(NamedTuple):
 
     def to_torch(self) -> np.ndarray:
         value = np.asarray(self.variable.get_value())
-        return value if self.axes is None else np.transpose(value, self.axes)
+        if self.axes is not None:
+            value = np.transpose(value, self.axes)
+        return np.array(value, order="C")  # a writable copy, not a view of the JAX buffer
 
     def from_torch(self, array: np.ndarray) -> np.ndarray:
         return array if self.axes is None else np.transpose(array, np.argsort(self.axes))
@@ -235,7 +237,9 @@ def load_torchvision(model: nnx.Module, source) -> nnx.Module:
     for key, entry in entries.items():
         if entry is not None:
             dtype = entry.variable.get_value().dtype
-            entry.variable.set_value(jnp.asarray(entry.from_torch(state[key]), dtype=dtype))
+            # jnp.array copies: jnp.asarray may alias host memory on CPU, and a torch source
+            # tensor (e.g. running_mean) can later be updated in place by torch
+            entry.variable.set_value(jnp.array(entry.from_torch(state[key]), dtype=dtype))
     return model
 
 
@@ -258,7 +262,7 @@ def torchvision_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
         variables with no torchvision counterpart.
     """
     return {
-        key: np.zeros((), np.int64) if entry is None else np.ascontiguousarray(entry.to_torch())
+        key: np.zeros((), np.int64) if entry is None else entry.to_torch()
         for key, entry in _entries(model, "torchvision_state_dict").items()
     }
 

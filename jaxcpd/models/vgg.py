@@ -59,6 +59,8 @@ class VGG(nnx.Module):
       rngs: random streams for the initialisers and dropout.
     """
 
+    child_order = ("features", "classifier")  # forward order, see naming.py
+
     def __init__(
         self,
         config: tuple[int | str, ...],

@@ -4,7 +4,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxcpd.models import resnet18, resnet34, resnet50, vgg16
+
 TORCH_THREADS = 2  # the test machines have 2 cores shared with other runs
+
+# torchvision builder name -> (our builder, its keyword arguments)
+PORTS = {
+    "resnet18": (resnet18, {}),
+    "resnet34": (resnet34, {}),
+    "resnet50": (resnet50, {}),
+    "vgg16": (vgg16, {}),
+    "vgg16_bn": (vgg16, {"batch_norm": True}),
+}
 
 
 def import_torch():

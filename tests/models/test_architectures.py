@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from models_testing import abstract, import_torch
+from models_testing import PORTS, abstract, import_torch
 
-from jaxcpd.models import named_convs, resnet18, resnet34, resnet50, vgg16
+from jaxcpd.models import named_convs, named_modules, resnet18, resnet34, resnet50, vgg16
 
 
 def output_shape(model, input_shape):
@@ -70,16 +70,20 @@ def test_vgg_conv_names_follow_torchvision(batch_norm, last):
     assert model.classifier[0].kernel.get_value().shape == (512 * 7 * 7, 4096)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "vgg16", "vgg16_bn"])
-def test_parameter_count_and_conv_names_equal_torchvision(name):
+@pytest.mark.parametrize("name", list(PORTS))
+def test_parameter_count_and_module_names_equal_torchvision(name):
     torch, torchvision = import_torch()
     with torch.device("meta"):  # shapes only, no initialisation
         reference = getattr(torchvision.models, name)()
-    builder = vgg16 if name.startswith("vgg") else {"resnet18": resnet18, "resnet34": resnet34}.get(name, resnet50)
-    model = abstract(builder, **({"batch_norm": True} if name == "vgg16_bn" else {}))
+    builder, kwargs = PORTS[name]
+    model = abstract(builder, **kwargs)
     assert param_count(model) == sum(p.numel() for p in reference.parameters())
     torch_convs = [n for n, m in reference.named_modules() if isinstance(m, torch.nn.Conv2d)]
     assert [n for n, _ in named_convs(model)] == torch_convs
+    # every module of ours is a torchvision module of the same name, listed in the same order
+    ours = [n for n, _ in named_modules(model)]
+    assert ours == [n for n, _ in reference.named_modules() if n in set(ours)]
+    assert len(ours) == len(set(ours))
 
 
 @pytest.mark.parametrize("builder", [resnet18, resnet50, vgg16])
@@ -104,7 +108,9 @@ def test_bad_dropout():
 
 @pytest.mark.parametrize("builder", [resnet18, vgg16])
 def test_nchw_input_is_rejected(builder):
-    with pytest.raises(ValueError, match=r"expected an NHWC batch \(N, H, W, 3\), got shape \(2, 3, 64, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"expected an NHWC batch \(N, H, W, 3\), got shape \(2, 3, 64, 64\)"
+    ):
         output_shape(abstract(builder), (2, 3, 64, 64))
 
 

@@ -8,7 +8,9 @@ from models_testing import import_torch, nchw_to_nhwc
 from jaxcpd.models._layers import MaxPool2d, adaptive_avg_pool2d, check_positive_int
 
 
-@pytest.mark.parametrize(("size", "out"), [((7, 7), (7, 7)), ((2, 3), (7, 7)), ((13, 9), (7, 7)), ((5, 1), (2, 3))])
+@pytest.mark.parametrize(
+    ("size", "out"), [((7, 7), (7, 7)), ((2, 3), (7, 7)), ((13, 9), (7, 7)), ((5, 1), (2, 3))]
+)
 def test_adaptive_avg_pool_matches_torch(size, out):
     torch, _ = import_torch()
     x = np.random.default_rng(0).standard_normal((2, 4, *size)).astype(np.float32)

@@ -4,7 +4,15 @@ import pytest
 from flax import nnx
 from models_testing import abstract
 
-from jaxcpd.models import get_submodule, is_conv_slot, named_convs, named_modules, resnet18, set_submodule, vgg16
+from jaxcpd.models import (
+    get_submodule,
+    is_conv_slot,
+    named_convs,
+    named_modules,
+    resnet18,
+    set_submodule,
+    vgg16,
+)
 
 
 class StandIn(nnx.Module):
