@@ -13,7 +13,13 @@ import jaxcpd
 
 @pytest.mark.parametrize(
     ("shape", "rank", "init"),
-    [((9, 64, 64), 20, "svd"), ((9, 32, 48), 12, "svd"), ((9, 32, 48), 8, "random"), ((4, 5, 6, 7), 3, "svd"), ((30, 40), 5, "svd")],
+    [
+        ((9, 64, 64), 20, "svd"),
+        ((9, 32, 48), 12, "svd"),
+        ((9, 32, 48), 8, "random"),
+        ((4, 5, 6, 7), 3, "svd"),
+        ((30, 40), 5, "svd"),
+    ],
 )
 def test_recovers_exact_low_rank(shape, rank, init):
     x = full(random_factors(shape, rank, seed=rank)).astype(np.float32)
@@ -41,7 +47,9 @@ def _tensorly_error(x, factors, rank, n_iter):
 def test_not_worse_than_tensorly(rank):
     rng = np.random.default_rng(rank)
     low = full(random_factors((9, 24, 32), 8, seed=1))
-    x = (low / np.linalg.norm(low) + 0.05 * rng.standard_normal(low.shape) / np.sqrt(low.size)).astype(np.float32)
+    x = (low / np.linalg.norm(low) + 0.05 * rng.standard_normal(low.shape) / np.sqrt(low.size)).astype(
+        np.float32
+    )
     init = tuple(rng.standard_normal((n, rank)).astype(np.float32) for n in x.shape)
     ours = jaxcpd.cp_als(x, rank, init=init, max_iter=300, tol=0.0)
     theirs = _tensorly_error(x, init, rank, 300)

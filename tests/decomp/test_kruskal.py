@@ -2,10 +2,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cp_testing import full, random_factors
 from jax.test_util import check_grads
 
 import jaxcpd
-from cp_testing import full, random_factors
 
 
 def test_reconstruct_matches_einsum_any_order():

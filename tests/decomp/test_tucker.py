@@ -22,7 +22,9 @@ def test_matches_tensorly_partial_tucker(ranks):
     x = _kernel_like((9, 24, 32))
     ours = jaxcpd.tucker2(x, ranks)
     tl.set_backend("numpy")
-    (core, factors), _ = partial_tucker(np.asarray(x, np.float64), rank=list(ranks), modes=[1, 2], n_iter_max=200, tol=1e-12)
+    (core, factors), _ = partial_tucker(
+        np.asarray(x, np.float64), rank=list(ranks), modes=[1, 2], n_iter_max=200, tol=1e-12
+    )
     rec = tl.tenalg.multi_mode_dot(core, factors, modes=[1, 2])
     theirs = np.linalg.norm(x - rec) / np.linalg.norm(x)
     assert abs(float(ours.rel_error) - theirs) < 1e-4
@@ -32,7 +34,9 @@ def test_matches_tensorly_partial_tucker(ranks):
     # Lemma 2: the core is the projection of X
     np.testing.assert_allclose(ours.core, np.einsum("ijk,jr,ks->irs", x, ours.U, ours.V), atol=1e-4)
     rebuilt = np.einsum("irs,jr,ks->ijk", ours.core, ours.U, ours.V)
-    np.testing.assert_allclose(float(ours.rel_error), np.linalg.norm(x - rebuilt) / np.linalg.norm(x), rtol=1e-4)
+    np.testing.assert_allclose(
+        float(ours.rel_error), np.linalg.norm(x - rebuilt) / np.linalg.norm(x), rtol=1e-4
+    )
 
 
 def test_full_ranks_are_lossless():

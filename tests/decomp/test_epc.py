@@ -1,0 +1,178 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from cp_testing import full, random_factors
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize
+
+import jaxcpd
+from jaxcpd.decomp.epc import epc_factor_update, epc_weights
+
+
+def _err(x, factors):
+    return np.linalg.norm(np.asarray(x, np.float64) - full(factors))
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    shape=st.sampled_from([(9, 8, 8), (9, 12, 10), (4, 6, 7)]),
+    rank=st.integers(2, 14),
+    seed=st.integers(0, 2**16),
+    scale=st.sampled_from([1.0, 1.0, 1.05, 1.3, 3.0]),
+)
+def test_bound_holds_after_every_sweep(shape, rank, seed, scale):
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    start = jaxcpd.cp_als(x, rank, key=jax.random.PRNGKey(seed), max_iter=50).factors
+    delta = scale * _err(x, start)
+    factors = start
+    sens = float(jaxcpd.cp_sensitivity(jaxcpd.cp_balance(start)))
+    for _ in range(4):
+        res = jaxcpd.epc(x, factors, delta=delta, max_iter=1)
+        assert all(np.all(np.isfinite(np.asarray(f))) for f in res.factors)
+        assert _err(x, res.factors) <= delta * (1 + 1e-5)
+        assert float(res.sensitivity) <= sens * (1 + 1e-5)
+        factors, sens = res.factors, float(res.sensitivity)
+    if scale * _err(x, start) >= np.linalg.norm(x):
+        assert all(np.all(np.asarray(f) == 0) for f in res.factors)
+
+
+def test_delta_above_norm_gives_zero_model():
+    x = np.random.default_rng(0).standard_normal((9, 6, 7)).astype(np.float32)
+    res = jaxcpd.epc(x, jaxcpd.cp_als(x, 4).factors, delta=1.01 * np.linalg.norm(x))
+    assert all(np.all(np.asarray(f) == 0) for f in res.factors)
+    assert float(res.rel_error) == pytest.approx(1.0)
+
+
+def test_unreachable_delta_keeps_factors():
+    x = np.random.default_rng(1).standard_normal((9, 8, 8)).astype(np.float32)
+    cpd = jaxcpd.cp_als(x, 5, max_iter=500, tol=1e-8)
+    res = jaxcpd.epc(x, cpd.factors, delta=0.5 * _err(x, cpd.factors))
+    for a, b in zip(res.factors, jaxcpd.cp_balance(cpd.factors), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(float(res.sensitivity))
+
+
+def test_overparameterised_cpd_gets_less_sensitive():
+    x = np.random.default_rng(2).standard_normal((9, 32, 32)).astype(np.float32)
+    cpd = jaxcpd.cp_als(x, 60, max_iter=1000, tol=1e-7)
+    res = jaxcpd.epc(x, cpd.factors, max_iter=150, tol=0.0)
+    before = float(jaxcpd.cp_sensitivity(jaxcpd.cp_balance(cpd.factors)))
+    assert float(res.sensitivity) < 0.7 * before
+    assert _err(x, res.factors) <= _err(x, cpd.factors) * (1 + 1e-5)
+    hist = np.asarray(res.history.sensitivity)
+    assert hist[0] == pytest.approx(before, rel=1e-5)
+    assert np.all(np.diff(hist) <= 1e-5 * hist[:-1])
+
+
+def _degenerate(seed=3, big=100.0, gap=1e-3):
+    """A rank-5 tensor plus noise, and a rank-7 CPD of it with two huge, nearly cancelling terms."""
+    rng = np.random.default_rng(seed)
+    a, b, c = random_factors((9, 16, 16), 5, seed=seed)
+    x = full((a, b, c)) + 0.05 * rng.standard_normal((9, 16, 16))
+    u, v, w = (rng.standard_normal((n, 1)) for n in (9, 16, 16))
+    u2 = u + gap * rng.standard_normal((9, 1))
+    a7 = np.hstack([a, big * u, -big * u2])
+    return x.astype(np.float32), (a7.astype(np.float32), np.hstack([b, v, v]), np.hstack([c, w, w]))
+
+
+def test_cancelling_terms_are_removed():
+    x, factors = _degenerate()
+    before = np.max(np.asarray(jaxcpd.cp_intensities(factors)))
+    res = jaxcpd.epc(x, factors, max_iter=300)
+    after = np.max(np.asarray(jaxcpd.cp_intensities(res.factors)))
+    assert after * 10 <= before
+    assert _err(x, res.factors) <= _err(x, factors) * (1 + 1e-5)
+
+
+def test_intensity_objective_reduces_eq3():
+    x, factors = _degenerate(seed=4)
+    res = jaxcpd.epc(x, factors, objective="intensity", max_iter=100)
+    eq3 = lambda f: float(np.sum(np.asarray(jaxcpd.cp_intensities(f)) ** 2))  # noqa: E731
+    assert eq3(res.factors) < 0.1 * eq3(factors)
+    assert _err(x, res.factors) <= _err(x, factors) * (1 + 1e-5)
+    hist = np.asarray(res.history.intensity)
+    assert np.all(np.diff(hist) <= 1e-5 * hist[:-1])
+
+
+@pytest.mark.parametrize("objective", ["sensitivity", "intensity"])
+@pytest.mark.parametrize("slack_scale", [0.0, 0.3])
+def test_factor_update_is_exact_minimiser(objective, slack_scale, x64):
+    """Compare the closed-form update with SLSQP on eq. 11 (B, C fixed, update A)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3, 5))
+    a, b, c = (rng.standard_normal((n, 3)) for n in x.shape)
+    z = np.einsum("jr,kr->jkr", b, c).reshape(-1, 3)
+    x1 = x.reshape(4, -1)
+    cur_err_sq = np.sum((x1 - a @ z.T) ** 2)
+    delta_sq = cur_err_sq + slack_scale * cur_err_sq
+    w_sq = np.asarray(epc_weights((jnp.asarray(a), jnp.asarray(b), jnp.asarray(c)), 0, objective))
+    new, _ = epc_factor_update(
+        jnp.asarray(a),
+        jnp.asarray(w_sq),
+        jnp.asarray(z.T @ z),
+        jnp.asarray(x1 @ z),
+        jnp.asarray(delta_sq - cur_err_sq),
+    )
+    new = np.asarray(new)
+
+    def objective_fn(v):
+        return np.sum(v.reshape(4, 3) ** 2 * w_sq)
+
+    cons = {"type": "ineq", "fun": lambda v: delta_sq - np.sum((x1 - v.reshape(4, 3) @ z.T) ** 2)}
+    ref = minimize(
+        objective_fn, a.ravel(), constraints=[cons], method="SLSQP", options={"ftol": 1e-14, "maxiter": 1000}
+    )
+    assert ref.success
+    np.testing.assert_allclose(new.ravel(), ref.x, atol=1e-4)
+    assert np.sum((x1 - new @ z.T) ** 2) <= delta_sq * (1 + 1e-9)
+
+
+def test_vmap_over_batch():
+    xs = np.random.default_rng(6).standard_normal((3, 9, 6, 6)).astype(np.float32)
+    out = jax.vmap(lambda t: jaxcpd.cpd_epc(t, 8, epc_kwargs={"max_iter": 20}))(xs)
+    for i in range(3):
+        single = jaxcpd.cpd_epc(xs[i], 8, epc_kwargs={"max_iter": 20})
+        np.testing.assert_allclose(out.epc.sensitivity[i], single.epc.sensitivity, rtol=1e-3)
+        np.testing.assert_allclose(out.epc.rel_error[i], single.cpd.rel_error, rtol=1e-4)
+
+
+def test_forward_mode_derivative_matches_finite_differences(x64):
+    """jax.jvp flows through cpd_epc (fixed sweep counts); reverse mode is documented as unsupported."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.standard_normal((4, 5, 6)))
+    dx = jnp.asarray(rng.standard_normal((4, 5, 6)))
+    kw = {"als_kwargs": {"max_iter": 30, "tol": 0.0}, "epc_kwargs": {"max_iter": 5, "tol": 0.0}}
+
+    def f(t):
+        return jaxcpd.cpd_epc(t, 3, **kw).epc.sensitivity
+
+    _, tangent = jax.jvp(f, (x,), (dx,))
+    h = 1e-6
+    fd = (f(x + h * dx) - f(x - h * dx)) / (2 * h)
+    np.testing.assert_allclose(float(tangent), float(fd), rtol=1e-4)
+    with pytest.raises(ValueError, match="Reverse-mode differentiation does not work for lax.while_loop"):
+        jax.grad(f)(x)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"objective": "norm"}, "objective must be one of"),
+        ({"delta": -1.0}, "delta must be a finite float >= 0"),
+        ({"delta": np.nan}, "delta must be a finite float >= 0"),
+        ({"delta": np.ones(2)}, "delta must be a scalar"),
+        ({"max_iter": 0}, "max_iter"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    x = np.ones((9, 4, 5), np.float32)
+    f = (np.ones((9, 2)), np.ones((4, 2)), np.ones((5, 2)))
+    with pytest.raises(ValueError, match=match):
+        jaxcpd.epc(x, f, **kwargs)
+
+
+def test_mismatched_factors():
+    with pytest.raises(ValueError, match="row counts"):
+        jaxcpd.epc(np.ones((9, 4, 5)), (np.ones((9, 2)), np.ones((5, 2)), np.ones((5, 2))))
