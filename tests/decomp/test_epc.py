@@ -17,8 +17,8 @@ def _err(x, factors):
 
 @settings(max_examples=10, deadline=None)
 @given(
-    shape=st.sampled_from([(9, 8, 8), (9, 12, 10), (4, 6, 7)]),
-    rank=st.integers(2, 14),
+    shape=st.sampled_from([(9, 12, 10), (4, 6, 7)]),
+    rank=st.sampled_from([2, 5, 12]),
     seed=st.integers(0, 2**16),
     scale=st.sampled_from([1.0, 1.0, 1.05, 1.3, 3.0]),
 )
