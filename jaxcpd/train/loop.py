@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import Checkpointer
 from .config import SCRATCH_CONFIG, TrainConfig
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .mesh import make_mesh, replicate, shard_batch
 from .metrics import JsonlWriter, batch_metrics, summarize
 from .optim import current_learning_rate, make_optimizer, trainable_filter
@@ -79,7 +79,7 @@ def finetune(
       mesh: device mesh with a ``'data'`` axis; default every device (:func:`make_mesh`).
 
     Returns:
-      ``(model, history)``: the trained model (the same object, in evaluation mode)
+      ``(model, history)``: the trained model (the same object, switched to evaluation mode)
       and a list of records ``{"kind": "train" | "eval", "step", "epoch", "loss",
       "top1", ...}``, which also go to ``run_dir/metrics.jsonl``. A resumed run's
       history starts with the records of the run it continues.
@@ -155,6 +155,7 @@ def finetune(
     bar.close()
     if checkpoints is not None:
         checkpoints.close()
+    model.eval()
     return model, history
 
 
