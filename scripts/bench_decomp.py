@@ -1,0 +1,153 @@
+"""CP-ALS and EPC per-sweep time at the ResNet-18 kernel shapes, against TensorLy and the roofline.
+
+Run:  OPENBLAS_NUM_THREADS=1 python scripts/bench_decomp.py [--quick] [--out scripts/results/bench_decomp.md]
+
+OPENBLAS_NUM_THREADS=1 keeps the small R x R LAPACK calls (Cholesky, eigh) from
+fighting XLA's threads (DESIGN.md: 20-40x on small solves); TensorLy is timed in a
+child process with the default OpenBLAS threading, so it keeps its threaded GEMMs.
+
+Everything is measured in the same process, so the ratios hold even on a noisy
+machine:
+  * matmul rate: a jitted float32 GEMM (GFLOP/s);
+  * roofline of one ALS sweep: 4 * I*J*K * R flops / that rate;
+  * ours: per-sweep time of ``jaxcpd.cp_als``, as the difference of two runs with
+    different fixed sweep counts (tol=0), so set-up and the final error are excluded;
+  * TensorLy: ``parafac`` (numpy backend, float32, same tensor and rank), the same
+    way;
+  * EPC: per-sweep time of ``jaxcpd.epc`` (sensitivity objective) the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorly as tl
+from tensorly.decomposition import parafac
+
+import jaxcpd
+
+SHAPES = [(9, 64, 64), (9, 128, 128), (9, 256, 256), (9, 512, 512)]
+RANKS = [10, 100, 500]
+
+
+def best_time(fn, repeats=3):
+    """Minimum wall time of ``fn()`` over ``repeats`` calls (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_gflops(n=2048):
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    f = jax.jit(lambda m: m @ m)
+    return 2 * n**3 / best_time(lambda: f(a).block_until_ready(), repeats=5) / 1e9
+
+
+def per_sweep(run, lo, hi, repeats):
+    """Per-sweep time from runs with ``lo`` and ``hi`` sweeps."""
+    t_lo = best_time(lambda: run(lo), repeats)
+    t_hi = best_time(lambda: run(hi), repeats)
+    return max(t_hi - t_lo, 1e-9) / (hi - lo)
+
+
+def tensor_and_start(shape, rank):
+    """The benchmark tensor (Gaussian) and a common starting CPD (5 ALS sweeps)."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    start = jaxcpd.cp_als(jnp.asarray(x), rank, max_iter=5).factors
+    return x, tuple(np.asarray(f) for f in start)
+
+
+def sweep_counts(shape, rank):
+    """(lo, hi) sweep counts for ours and for TensorLy: fewer on the big cases."""
+    big = shape[1] * shape[2] * rank > 256 * 256 * 100
+    return ((2, 6), (1, 2)) if big else ((5, 25), (2, 6))
+
+
+def bench_ours(shape, rank):
+    x, start = tensor_and_start(shape, rank)
+    xj = jnp.asarray(x)
+    (lo, hi), _ = sweep_counts(shape, rank)
+
+    def als(n):
+        jaxcpd.cp_als(xj, rank, init=start, max_iter=n, tol=0.0).rel_error.block_until_ready()
+
+    def epc(n):
+        jaxcpd.epc(xj, start, max_iter=n, tol=0.0).rel_error.block_until_ready()
+
+    return per_sweep(als, lo, hi, 3), per_sweep(epc, lo, hi, 3)
+
+
+def bench_tensorly(shape, rank):
+    tl.set_backend("numpy")
+    x, start = tensor_and_start(shape, rank)
+    _, (lo, hi) = sweep_counts(shape, rank)
+    init = tl.cp_tensor.CPTensor((np.ones(rank, np.float32), list(start)))
+
+    def theirs(n):
+        parafac(x, rank, init=init, n_iter_max=n, tol=0.0, normalize_factors=False)
+
+    return per_sweep(theirs, lo, hi, 1)
+
+
+def tensorly_in_child(shape, rank):
+    """TensorLy's per-sweep time, measured in a child with default OpenBLAS threading."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    cmd = [sys.executable, __file__, "--tensorly", json.dumps([list(shape), rank])]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def main():
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
+    parser.add_argument("--quick", action="store_true", help="two smallest shapes only")
+    parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    parser.add_argument("--tensorly", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.tensorly:
+        shape, rank = json.loads(args.tensorly)
+        print(bench_tensorly(tuple(shape), rank))
+        return
+    shapes = SHAPES[:2] if args.quick else SHAPES
+    rate = matmul_gflops()
+    lines = [
+        f"matmul rate measured in this run: {rate:.1f} GFLOP/s (float32, jax {jax.__version__}, "
+        f"{jax.default_backend()}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}); "
+        "roofline = 4*I*J*K*R / rate",
+        "",
+        "| shape | R | ours ms/sweep | x roofline | TensorLy ms/sweep | TensorLy / ours "
+        "| EPC ms/sweep | EPC / ALS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    for shape in shapes:
+        for rank in RANKS:
+            t_ours, t_epc = bench_ours(shape, rank)
+            t_tl = tensorly_in_child(shape, rank)
+            roof = 4 * np.prod(shape) * rank / (rate * 1e9)
+            row = (
+                f"| {shape} | {rank} | {t_ours * 1e3:.2f} | {t_ours / roof:.2f} | {t_tl * 1e3:.1f} | "
+                f"{t_tl / t_ours:.1f} | {t_epc * 1e3:.2f} | {t_epc / t_ours:.2f} |"
+            )
+            lines.append(row)
+            print(row, flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
