@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -74,8 +75,14 @@ class _Entry(NamedTuple):
             value = np.transpose(value, self.axes)
         return np.array(value, order="C")  # a writable copy, not a view of the JAX buffer
 
-    def from_torch(self, array: np.ndarray) -> np.ndarray:
-        return array if self.axes is None else np.transpose(array, np.argsort(self.axes))
+    def from_torch(self, array: np.ndarray) -> jax.Array:
+        dtype = self.variable.get_value().dtype
+        if self.axes is None:
+            # copy: jnp.asarray may alias host memory on CPU, and torch may later update the
+            # source tensor in place (running_mean and running_var do so in training mode)
+            return jnp.array(array, dtype=dtype)
+        # the transposed copy belongs to nobody else, so it may be aliased without a second copy
+        return jnp.asarray(np.ascontiguousarray(np.transpose(array, np.argsort(self.axes))), dtype=dtype)
 
 
 def _check_uncompressed(model: nnx.Module, action: str) -> None:
@@ -164,7 +171,7 @@ def _read_state_dict(source) -> dict[str, np.ndarray]:
         if not path.is_file():
             raise ValueError(f"source file {str(path)!r} does not exist")
         if path.suffix.lower() == ".safetensors":
-            from safetensors.numpy import load_file
+            from safetensors.flax import load_file  # unlike safetensors.numpy, it reads bfloat16
 
             state = load_file(path)
         else:
@@ -215,6 +222,15 @@ def load_torchvision(model: nnx.Module, source) -> nnx.Module:
     Returns:
       ``model``, for chaining.
 
+    Example: torchvision's downloaded ``.pth`` files load as they are. When every
+    weight comes from the file, random initialisation (slow on CPU: one compiled
+    sampler per kernel shape) can be skipped by building the model abstractly; this
+    suits ResNets, whereas VGG's dropout layers would keep an abstract RNG key::
+
+      model = nnx.eval_shape(lambda: resnet50(rngs=nnx.Rngs(0)))
+      load_torchvision(model, "resnet50-11ad3fa6.pth")
+      model.eval()
+
     Raises:
       ValueError: on an unknown source type or suffix, a missing file, a
         non-mapping ``.pth`` payload, a model with compressed blocks, or keys that
@@ -236,10 +252,7 @@ def load_torchvision(model: nnx.Module, source) -> nnx.Module:
         raise ValueError(_mismatch_report(model, missing, unexpected, misshaped))
     for key, entry in entries.items():
         if entry is not None:
-            dtype = entry.variable.get_value().dtype
-            # jnp.array copies: jnp.asarray may alias host memory on CPU, and a torch source
-            # tensor (e.g. running_mean) can later be updated in place by torch
-            entry.variable.set_value(jnp.array(entry.from_torch(state[key]), dtype=dtype))
+            entry.variable.set_value(entry.from_torch(state[key]))
     return model
 
 

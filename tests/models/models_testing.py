@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxcpd.models import resnet18, resnet34, resnet50, vgg16
+from jaxcpd.models import named_modules, resnet18, resnet34, resnet50, set_submodule, vgg16
 
 TORCH_THREADS = 2  # the test machines have 2 cores shared with other runs
 
@@ -48,8 +48,29 @@ def randomize_(torch_model, seed=0):
 
 
 def abstract(builder, **kwargs):
-    """The model's structure without running the random initialisers (weights are loaded next)."""
-    return nnx.eval_shape(lambda: builder(rngs=nnx.Rngs(0), **kwargs))
+    """The model's structure without running the random initialisers (weights are loaded next).
+
+    Random init is slow on CPU (VGG-16's 138M normals take tens of seconds). Dropout
+    layers hold an RNG key rather than weights, so they are rebuilt for real.
+    """
+    model = nnx.eval_shape(lambda: builder(rngs=nnx.Rngs(0), **kwargs))
+    for name, module in list(named_modules(model)):
+        if isinstance(module, nnx.Dropout):
+            set_submodule(model, name, nnx.Dropout(module.rate, rngs=nnx.Rngs(0)))
+    return model
+
+
+class StandIn(nnx.Module):
+    """Stands in for a compressed block: any module with ``dense_kernel()`` fills a conv slot."""
+
+    def __init__(self, conv):
+        self.inner = conv
+
+    def dense_kernel(self):
+        return self.inner.kernel[...]
+
+    def __call__(self, x):
+        return self.inner(x)
 
 
 def nchw_to_nhwc(x):

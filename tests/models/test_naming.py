@@ -1,8 +1,7 @@
 """Dotted torchvision-style names: lookup, replacement and conv-slot listing."""
 
 import pytest
-from flax import nnx
-from models_testing import abstract
+from models_testing import StandIn, abstract
 
 from jaxcpd.models import (
     get_submodule,
@@ -13,19 +12,6 @@ from jaxcpd.models import (
     set_submodule,
     vgg16,
 )
-
-
-class StandIn(nnx.Module):
-    """A stand-in for a compressed block: any module with ``dense_kernel()`` fills a conv slot."""
-
-    def __init__(self, conv):
-        self.inner = conv
-
-    def dense_kernel(self):
-        return self.inner.kernel[...]
-
-    def __call__(self, x):
-        return self.inner(x)
 
 
 def test_get_submodule_resolves_attributes_and_indices():

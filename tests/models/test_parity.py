@@ -6,7 +6,6 @@ statistics and biases (see ``randomize_``), in eval mode.
 
 import numpy as np
 import pytest
-from flax import nnx
 from models_testing import (
     PORTS,
     abstract,
@@ -25,8 +24,7 @@ TOLERANCE = 1e-4  # max|ours - torch| / max|torch| over the logits
 CASES = {
     "resnet18": ((224, 65), ".safetensors"),  # 65: odd size, every padding and pooling edge case
     "resnet50": ((224,), ".pth"),
-    "vgg16": ((224,), ".pth"),
-    "vgg16_bn": ((64,), ".safetensors"),  # 64: adaptive pooling upsamples the 2x2 map to 7x7
+    "vgg16": ((224, 64), ".safetensors"),  # 64: adaptive pooling upsamples the 2x2 map to 7x7
 }
 
 
@@ -38,9 +36,7 @@ def pair(request):
     torch.manual_seed(0)
     reference = randomize_(getattr(torchvision.models, name)()).eval()
     builder, kwargs = PORTS[name]
-    # ResNets have no state besides weights, so skip their random init; VGG's dropout keeps an RNG key
-    model = builder(rngs=nnx.Rngs(0), **kwargs) if name.startswith("vgg") else abstract(builder, **kwargs)
-    load_torchvision(model, reference.state_dict())
+    model = load_torchvision(abstract(builder, **kwargs), reference.state_dict())
     model.eval()
     yield name, reference, model
 
