@@ -34,6 +34,8 @@ class TKDCPResult(NamedTuple):
       tucker_rel_error: relative error of the Tucker-2 step alone.
       core_rel_error: ``||G - [[A, B, C]]||_F / ||X||_F``; with orthonormal U, V,
         ``rel_error^2 = tucker_rel_error^2 + core_rel_error^2`` (Pythagoras).
+      cpd_factors: the core's CPD before EPC (equal to ``factors`` when ``epc=False``),
+        for comparing sensitivity before and after the correction.
     """
 
     U: jax.Array
@@ -42,6 +44,7 @@ class TKDCPResult(NamedTuple):
     rel_error: jax.Array
     tucker_rel_error: jax.Array
     core_rel_error: jax.Array
+    cpd_factors: tuple
 
 
 def _kwargs(value, name):
@@ -91,12 +94,13 @@ def tkd_cpd(x, ranks, cp_rank, *, key=None, epc=True, tucker_kwargs=None, als_kw
     x = as_float_array(x, "x", ndim=3)
     tk = tucker2(x, ranks, **_kwargs(tucker_kwargs, "tucker_kwargs"))
     if epc:
-        factors = cpd_epc(tk.core, cp_rank, key=key, als_kwargs=als_kwargs, epc_kwargs=epc_kwargs).epc.factors
+        res = cpd_epc(tk.core, cp_rank, key=key, als_kwargs=als_kwargs, epc_kwargs=epc_kwargs)
+        cpd_factors, factors = res.cpd.factors, res.epc.factors
     else:
-        factors = cp_als(tk.core, cp_rank, key=key, **_kwargs(als_kwargs, "als_kwargs")).factors
+        cpd_factors = factors = cp_als(tk.core, cp_rank, key=key, **_kwargs(als_kwargs, "als_kwargs")).factors
     a, b, c = factors
     norm = jnp.linalg.norm(x)
     safe = jnp.where(norm > 0, norm, 1.0)
     rel_error = jnp.linalg.norm(x - reconstruct((a, tk.U @ b, tk.V @ c))) / safe
     core_rel_error = jnp.linalg.norm(tk.core - reconstruct(factors)) / safe
-    return TKDCPResult(tk.U, tk.V, factors, rel_error, tk.rel_error, core_rel_error)
+    return TKDCPResult(tk.U, tk.V, factors, rel_error, tk.rel_error, core_rel_error, cpd_factors)
