@@ -43,7 +43,6 @@ from ._layers import batch_norm as norm_layer  # `batch_norm` is also VGG's flag
 
 _VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 _POOLED_SIZE = (7, 7)
-_MIN_INPUT = 32  # five 2x2 max-pools must leave at least one pixel
 
 
 class VGG(nnx.Module):
@@ -73,8 +72,10 @@ class VGG(nnx.Module):
     ):
         num_classes = check_positive_int(num_classes, "num_classes")
         self.in_channels = check_positive_int(in_channels, "in_channels")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        # each 2x2 max-pool halves the size (rounding down); the last one must leave a pixel
+        self.min_input_size = 2 ** sum(width == "M" for width in config)
         layers = []
         channels = self.in_channels
         for width in config:
@@ -105,12 +106,12 @@ class VGG(nnx.Module):
         """Logits for an NHWC batch.
 
         Args:
-          x: ``(N, H, W, in_channels)`` images, ``H, W >= 32``.
+          x: ``(N, H, W, in_channels)`` images, ``H, W >= min_input_size`` (32 for VGG-16).
 
         Returns:
           ``(N, num_classes)`` logits.
         """
-        check_nhwc(x, self.in_channels, min_size=_MIN_INPUT)
+        check_nhwc(x, self.in_channels, min_size=self.min_input_size)
         x = adaptive_avg_pool2d(self.features(x), _POOLED_SIZE)
         x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # torch's NCHW flatten order
         return self.classifier(x)

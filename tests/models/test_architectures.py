@@ -101,9 +101,10 @@ def test_bad_arguments(builder, kwargs, match):
         builder(rngs=nnx.Rngs(0), **kwargs)
 
 
-def test_bad_dropout():
-    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
-        vgg16(dropout=1.0, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("dropout", [1.0, -0.1, "0.5", None])
+def test_bad_dropout(dropout):
+    with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\)"):
+        vgg16(dropout=dropout, rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("builder", [resnet18, vgg16])
