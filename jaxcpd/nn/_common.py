@@ -19,11 +19,18 @@ def new_param(init, rngs: nnx.Rngs, shape, dtype) -> nnx.Param:
     return nnx.Param(init(rngs.params(), shape, dtype))
 
 
-def set_params(module: nnx.Module, dtype, **values) -> None:
-    """Overwrites parameters of ``module`` with arrays (cast to ``dtype``); ``None`` entries are skipped."""
+def build_with_params(cls, args, kwargs, dtype, **values):
+    """``cls(*args, **kwargs)`` with its parameters set to ``values`` (cast to ``dtype``).
+
+    The module is first built abstractly (``nnx.eval_shape``, no initialiser runs), then
+    every parameter is assigned; ``values`` must name all of them (``None`` entries are
+    skipped and must correspond to absent parameters).
+    """
+    module = nnx.eval_shape(lambda: cls(*args, **kwargs, rngs=nnx.Rngs(0)))
     for name, value in values.items():
         if value is not None:
             getattr(module, name).set_value(jnp.asarray(value, dtype))
+    return module
 
 
 def factor_dtype(param_dtype, *arrays):

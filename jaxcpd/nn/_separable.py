@@ -13,8 +13,9 @@ import math
 
 from flax import nnx
 
-from jaxcpd.decomp import cp_reconstruct, tensor_to_kernel
+from jaxcpd.decomp import tensor_to_kernel
 from jaxcpd.decomp._checks import check_positive_int
+from jaxcpd.decomp.kruskal import reconstruct
 
 from ._common import chain, check_input, new_param, pointwise, promote
 from ._geometry import as_pair, make_geometry
@@ -62,13 +63,13 @@ class SeparableConv(nnx.Module):
         self.out_proj = new_param(kernel_init, rngs, (self.rank, out_proj_features), param_dtype)
         self.bias = new_param(bias_init, rngs, (self.out_features,), param_dtype) if use_bias else None
 
-    def _input_maps(self) -> tuple:
+    def _input_maps(self) -> tuple[nnx.Param, ...]:
         """The 1x1 conv weights ``(in, out)`` from ``S`` to ``R`` channels, in order."""
-        return (self.in_proj[...],)
+        return (self.in_proj,)
 
-    def _output_maps(self) -> tuple:
+    def _output_maps(self) -> tuple[nnx.Param, ...]:
         """The 1x1 conv weights ``(in, out)`` from ``R`` to ``T`` channels, in order."""
-        return (self.out_proj[...],)
+        return (self.out_proj,)
 
     def __call__(self, x):
         """Applies the block.
@@ -81,7 +82,8 @@ class SeparableConv(nnx.Module):
           :meth:`dense_kernel` and the block's strides, padding and dilation.
         """
         x = check_input(x, self.in_features, 3)
-        in_maps, out_maps = self._input_maps(), self._output_maps()
+        in_maps = [p[...] for p in self._input_maps()]
+        out_maps = [p[...] for p in self._output_maps()]
         bias = None if self.bias is None else self.bias[...]
         x, depthwise, bias, *maps = promote(self.dtype, x, self.depthwise[...], bias, *in_maps, *out_maps)
         for w in maps[:len(in_maps)]:
@@ -106,22 +108,22 @@ class SeparableConv(nnx.Module):
         """
         kh, kw = self.geometry.kernel_size
         a = self.depthwise[...].reshape(kh * kw, self.rank)
-        b = chain(self._input_maps(), "highest")
-        c = chain(self._output_maps(), "highest").T
+        b = chain([p[...] for p in self._input_maps()], "highest")
+        c = chain([p[...] for p in self._output_maps()], "highest").T
         return a, b, c
 
     def dense_kernel(self):
         """The equivalent dense HWIO kernel ``(kh, kw, S, T)``."""
-        return tensor_to_kernel(cp_reconstruct(self.factors()), self.geometry.kernel_size)
+        return tensor_to_kernel(reconstruct(self.factors()), self.geometry.kernel_size)
 
     def num_params(self) -> int:
         """Number of trainable parameters, bias included.
 
         For a CP block ``R (D² + S + T)`` (+ ``T``), paper section 1.1.
         """
-        params = [*self._input_maps(), self.depthwise[...], *self._output_maps()]
+        params = [*self._input_maps(), self.depthwise, *self._output_maps()]
         if self.bias is not None:
-            params.append(self.bias[...])
+            params.append(self.bias)
         return sum(math.prod(p.shape) for p in params)
 
     def flops(self, input_hw) -> int:

@@ -45,7 +45,7 @@ def layer_flops(module: nnx.Module, x_shape, y_shape) -> int:
       The multiply-adds of that call (all batch elements).
     """
     if isinstance(module, nnx.Conv):
-        return math.prod(y_shape[:-1]) * math.prod(module.kernel.shape[:-1])
+        return math.prod(y_shape) * math.prod(module.kernel.shape[:-1])
     if isinstance(module, nnx.Linear):
         return math.prod(y_shape[:-1]) * module.in_features * module.out_features
     if isinstance(module, SVDDense):

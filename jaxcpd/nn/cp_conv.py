@@ -6,12 +6,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ._common import (
+    build_with_params,
     check_bias,
     check_cp_factors,
     default_bias_init,
     default_kernel_init,
     factor_dtype,
-    set_params,
 )
 from ._geometry import PaddingLike
 from ._separable import SeparableConv
@@ -114,11 +114,9 @@ class CPConv(SeparableConv):
         (a, b, c), (kh, kw) = check_cp_factors(factors, "factors", kernel_size)
         bias = check_bias(bias, c.shape[0])
         param_dtype = factor_dtype(param_dtype, a, b, c, bias)
-        block = cls(
-            b.shape[0], c.shape[0], (kh, kw), a.shape[1], strides=strides, padding=padding,
-            dilation=dilation, use_bias=bias is not None, depthwise_impl=depthwise_impl, dtype=dtype,
-            param_dtype=param_dtype, precision=precision, kernel_init=nnx.initializers.zeros_init(),
-            rngs=nnx.Rngs(0),
+        return build_with_params(
+            cls, (b.shape[0], c.shape[0], (kh, kw), a.shape[1]),
+            dict(strides=strides, padding=padding, dilation=dilation, use_bias=bias is not None,
+                 depthwise_impl=depthwise_impl, dtype=dtype, param_dtype=param_dtype, precision=precision),
+            param_dtype, in_proj=b, depthwise=a.reshape(kh, kw, 1, -1), out_proj=c.T, bias=bias,
         )
-        set_params(block, param_dtype, in_proj=b, depthwise=a.reshape(kh, kw, 1, -1), out_proj=c.T, bias=bias)
-        return block

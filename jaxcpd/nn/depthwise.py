@@ -10,6 +10,7 @@ provides both and picks one by backend.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import jax
@@ -45,8 +46,13 @@ def resolve_depthwise_impl(impl: str = "auto") -> str:
     return impl
 
 
+@partial(jax.jit, static_argnames=("geometry", "pads", "out_hw"))
 def _shifted_multiply_add(x, kernel, geometry, pads, out_hw):
-    """Sum over the ``kh*kw`` taps of a strided slice of the padded input times one kernel row."""
+    """Sum over the ``kh*kw`` taps of a strided slice of the padded input times one kernel row.
+
+    Jitted so that eager calls run as one fused XLA computation (inside an outer ``jit``
+    it is inlined).
+    """
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.strides, geometry.dilation
     n, _, _, c = x.shape
     ho, wo = out_hw

@@ -14,6 +14,7 @@ from flax import nnx
 from jaxcpd.decomp._checks import as_float_array, check_positive_int
 
 from ._common import (
+    build_with_params,
     check_bias,
     check_input,
     default_bias_init,
@@ -23,7 +24,6 @@ from ._common import (
     pad_spatial,
     pointwise,
     promote,
-    set_params,
 )
 from ._geometry import PaddingLike, make_geometry
 
@@ -67,10 +67,6 @@ class _LowRankProjection(nnx.Module):
         """Number of parameters: ``R (S + T)``, plus ``T`` with bias."""
         bias = 0 if self.bias is None else self.out_features
         return self.rank * (self.in_features + self.out_features) + bias
-
-    def _assign(self, u, v, bias, param_dtype):
-        set_params(self, param_dtype, in_proj=u, out_proj=v.T, bias=bias)
-        return self
 
 
 class SVDDense(_LowRankProjection):
@@ -127,10 +123,11 @@ class SVDDense(_LowRankProjection):
         u, v = _check_svd_factors(U, V)
         bias = check_bias(bias, v.shape[0])
         param_dtype = factor_dtype(param_dtype, u, v, bias)
-        block = cls(u.shape[0], v.shape[0], u.shape[1], use_bias=bias is not None, dtype=dtype,
-                    param_dtype=param_dtype, precision=precision,
-                    kernel_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0))
-        return block._assign(u, v, bias, param_dtype)
+        return build_with_params(
+            cls, (u.shape[0], v.shape[0], u.shape[1]),
+            dict(use_bias=bias is not None, dtype=dtype, param_dtype=param_dtype, precision=precision),
+            param_dtype, in_proj=u, out_proj=v.T, bias=bias,
+        )
 
 
 class SVDConv(_LowRankProjection):
@@ -200,8 +197,9 @@ class SVDConv(_LowRankProjection):
         u, v = _check_svd_factors(U, V)
         bias = check_bias(bias, v.shape[0])
         param_dtype = factor_dtype(param_dtype, u, v, bias)
-        block = cls(u.shape[0], v.shape[0], u.shape[1], kernel_size=kernel_size, strides=strides,
-                    padding=padding, dilation=dilation, use_bias=bias is not None, dtype=dtype,
-                    param_dtype=param_dtype, precision=precision,
-                    kernel_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0))
-        return block._assign(u, v, bias, param_dtype)
+        return build_with_params(
+            cls, (u.shape[0], v.shape[0], u.shape[1]),
+            dict(kernel_size=kernel_size, strides=strides, padding=padding, dilation=dilation,
+                 use_bias=bias is not None, dtype=dtype, param_dtype=param_dtype, precision=precision),
+            param_dtype, in_proj=u, out_proj=v.T, bias=bias,
+        )

@@ -8,13 +8,13 @@ from flax import nnx
 from jaxcpd.decomp._checks import as_float_array, check_positive_int
 
 from ._common import (
+    build_with_params,
     check_bias,
     check_cp_factors,
     default_bias_init,
     default_kernel_init,
     factor_dtype,
     new_param,
-    set_params,
 )
 from ._geometry import PaddingLike
 from ._separable import SeparableConv
@@ -126,13 +126,13 @@ class TKDCPConv(SeparableConv):
         self.tucker_in = None if merged_in else new_param(kernel_init, rngs, (s, r1), param_dtype)
         self.tucker_out = None if merged_out else new_param(kernel_init, rngs, (r2, t), param_dtype)
 
-    def _input_maps(self) -> tuple:
+    def _input_maps(self) -> tuple[nnx.Param, ...]:
         maps = super()._input_maps()
-        return maps if self.tucker_in is None else (self.tucker_in[...], *maps)
+        return maps if self.tucker_in is None else (self.tucker_in, *maps)
 
-    def _output_maps(self) -> tuple:
+    def _output_maps(self) -> tuple[nnx.Param, ...]:
         maps = super()._output_maps()
-        return maps if self.tucker_out is None else (*maps, self.tucker_out[...])
+        return maps if self.tucker_out is None else (*maps, self.tucker_out)
 
     @classmethod
     def from_factors(
@@ -180,15 +180,13 @@ class TKDCPConv(SeparableConv):
             )
         bias = check_bias(bias, v.shape[0])
         param_dtype = factor_dtype(param_dtype, u, v, a, b, c, bias)
-        block = cls(
-            u.shape[0], v.shape[0], (kh, kw), a.shape[1], (u.shape[1], v.shape[1]), merge=merge,
-            strides=strides, padding=padding, dilation=dilation, use_bias=bias is not None,
-            depthwise_impl=depthwise_impl, dtype=dtype, param_dtype=param_dtype, precision=precision,
-            kernel_init=nnx.initializers.zeros_init(), rngs=nnx.Rngs(0),
-        )
-        merged_in, merged_out = block.merged
-        set_params(
-            block, param_dtype,
+        s, t, r1, r2 = u.shape[0], v.shape[0], u.shape[1], v.shape[1]
+        merged_in, merged_out = merge_plan(s, t, a.shape[1], (r1, r2), merge)
+        return build_with_params(
+            cls, (s, t, (kh, kw), a.shape[1], (r1, r2)),
+            dict(merge=merge, strides=strides, padding=padding, dilation=dilation, use_bias=bias is not None,
+                 depthwise_impl=depthwise_impl, dtype=dtype, param_dtype=param_dtype, precision=precision),
+            param_dtype,
             tucker_in=None if merged_in else u,
             in_proj=jnp.matmul(u, b, precision="highest") if merged_in else b,
             depthwise=a.reshape(kh, kw, 1, -1),
@@ -196,4 +194,3 @@ class TKDCPConv(SeparableConv):
             tucker_out=None if merged_out else v.T,
             bias=bias,
         )
-        return block
