@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -262,7 +262,7 @@ class Batches:
         out["mask"] = np.arange(self.local_batch_size) < size
         return out
 
-    def stream(self, *, seed: int, start_step: int = 0) -> Iterator[Batch]:
+    def stream(self, *, seed: int, start_step: int = 0) -> Generator[Batch, None, None]:
         """Endless training batches, reshuffled each epoch (and augmented if ``augment``).
 
         Args:
@@ -271,7 +271,8 @@ class Batches:
             whatever ``start_step`` was, which is what makes resuming exact.
 
         Returns:
-          An iterator over batches with ``local_batch_size`` examples, all real.
+          A generator of batches with ``local_batch_size`` examples, all real; close
+          it to stop the reader threads early.
 
         Raises:
           ValueError: if the split holds fewer examples than one batch, or a bad seed.
@@ -321,7 +322,8 @@ def load(
       num_threads: grain reader threads.
 
     Returns:
-      A :class:`Batches`.
+      A :class:`Batches`. The order and augmentation of training batches are fixed by
+      the seed given to :meth:`Batches.stream` (``TrainConfig.seed`` in :func:`finetune`).
 
     Raises:
       ValueError: for an unknown name or split, or a bad batch size or shard.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Generator
 from typing import Any, Protocol
 
 import jax
@@ -33,7 +34,7 @@ class TrainData(Protocol):
     batch_size: int
     steps_per_epoch: int
 
-    def stream(self, *, seed: int, start_step: int = 0): ...
+    def stream(self, *, seed: int, start_step: int = 0) -> Generator[dict, None, None]: ...
 
 
 @nnx.jit
@@ -82,7 +83,9 @@ def finetune(
       ``(model, history)``: the trained model (the same object, switched to evaluation mode)
       and a list of records ``{"kind": "train" | "eval", "step", "epoch", "loss",
       "top1", ...}``, which also go to ``run_dir/metrics.jsonl``. A resumed run's
-      history starts with the records of the run it continues.
+      history starts with the records of the run it continues, up to its checkpoint;
+      in the file, a ``{"kind": "resume", "step": k}`` line marks the restart (lines
+      of the killed run after step ``k`` are superseded by the ones that follow).
 
     Raises:
       ValueError: if the batch size does not split over the devices, a ``trainable``
@@ -129,32 +132,35 @@ def finetune(
         writer.write(entry)
 
     bar = tqdm(total=total_steps, initial=start, disable=not config.progress or jax.process_index() != 0)
-    for step in range(start + 1, total_steps + 1):
-        step_sums = step_fn(shard_batch(next(batches), mesh))
-        sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
-        images += train_data.batch_size
-        bar.update()
+    try:
+        for step in range(start + 1, total_steps + 1):
+            step_sums = step_fn(shard_batch(next(batches), mesh))
+            sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
+            images += train_data.batch_size
+            bar.update()
 
-        if step % config.log_every == 0 or step == total_steps:
-            values = summarize(sums)  # waits for the device
-            learning_rate = current_learning_rate(config, optimizer, steps_per_epoch)
-            throughput = images / (time.perf_counter() - clock)
-            record("train", step, {**values, "lr": learning_rate, "images_per_sec": throughput})
-            bar.set_postfix(loss=f"{values['loss']:.4f}", top1=f"{values['top1']:.3f}", lr=learning_rate)
-            sums, clock, images = None, time.perf_counter(), 0
-        paused_at = time.perf_counter()
-        if eval_data is not None and (step % eval_every == 0 or step == total_steps):
-            values = evaluate(model, eval_data, mesh=mesh)
-            record("eval", step, values)
-            bar.write(f"step {step}: eval " + " ".join(f"{key} {value:.4f}" for key, value in values.items()))
-        if checkpoints is not None and (step % checkpoint_every == 0 or step == total_steps):
-            config_dict = dataclasses.asdict(config)
-            meta = {**run_info, "data_position": step, "history": history, "config": config_dict}
-            checkpoints.save(step, model, optimizer, meta)
-        clock += time.perf_counter() - paused_at  # throughput excludes evaluation and checkpointing
-    bar.close()
-    if checkpoints is not None:
-        checkpoints.close()
+            if step % config.log_every == 0 or step == total_steps:
+                values = summarize(sums)  # waits for the device
+                learning_rate = current_learning_rate(config, optimizer, steps_per_epoch)
+                throughput = images / (time.perf_counter() - clock)
+                record("train", step, {**values, "lr": learning_rate, "images_per_sec": throughput})
+                bar.set_postfix(loss=f"{values['loss']:.4f}", top1=f"{values['top1']:.3f}", lr=learning_rate)
+                sums, clock, images = None, time.perf_counter(), 0
+            paused_at = time.perf_counter()
+            if eval_data is not None and (step % eval_every == 0 or step == total_steps):
+                values = evaluate(model, eval_data, mesh=mesh)
+                record("eval", step, values)
+                bar.write(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+            if checkpoints is not None and (step % checkpoint_every == 0 or step == total_steps):
+                config_dict = dataclasses.asdict(config)
+                meta = {**run_info, "data_position": step, "history": history, "config": config_dict}
+                checkpoints.save(step, model, optimizer, meta)
+            clock += time.perf_counter() - paused_at  # throughput excludes evaluation and checkpointing
+    finally:  # also on Ctrl-C: finish the pending checkpoint, stop the reader threads
+        batches.close()
+        bar.close()
+        if checkpoints is not None:
+            checkpoints.close()
     model.eval()
     return model, history
 

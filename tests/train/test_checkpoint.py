@@ -11,10 +11,9 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from train_testing import TinyCNN
 
 from jaxcpd.train import Checkpointer, CheckpointError, fingerprint
-
-from .conftest import TinyCNN
 
 
 class DropoutNet(nnx.Module):

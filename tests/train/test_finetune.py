@@ -9,10 +9,9 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from train_testing import TinyCNN
 
 from jaxcpd.train import TrainConfig, evaluate, finetune, load
-
-from .conftest import TinyCNN
 
 
 def _params(model) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ _SCRIPT = textwrap.dedent(
     import numpy as np
     from flax import nnx
     from jaxcpd.train import TrainConfig, evaluate, finetune, load, make_mesh, shard_batch
-    from tests.train.conftest import TinyCNN
+    from train_testing import TinyCNN
 
     assert jax.device_count() == 8, jax.devices()
     train = load("mnist-subset", "train", batch_size=64)
@@ -48,7 +48,8 @@ _SCRIPT = textwrap.dedent(
 def result():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "-c", _SCRIPT]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=here)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
     return json.loads(line[len("RESULT"):])

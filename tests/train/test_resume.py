@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -14,11 +15,11 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from train_testing import TinyCNN
 
 from jaxcpd.train import TrainConfig, finetune
 
-from .conftest import TinyCNN
-
+HERE = os.path.dirname(os.path.abspath(__file__))
 STEPS, KILL_BEFORE = 10, 9
 CONFIG = TrainConfig(steps=STEPS, learning_rate=0.05, log_every=1, checkpoint_every=3, progress=False)
 
@@ -32,8 +33,8 @@ _KILLED_RUN = textwrap.dedent(
     from flax import nnx
     import jaxcpd.train.loop as loop
     from jaxcpd.train import Checkpointer, load
-    from tests.train.conftest import TinyCNN
-    from tests.train.test_resume import CONFIG, KILL_BEFORE
+    from test_resume import CONFIG, KILL_BEFORE
+    from train_testing import TinyCNN
 
     save = Checkpointer.save
 
@@ -66,9 +67,8 @@ def _state(model):
 @pytest.fixture(scope="module")
 def killed_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("killed")
-    result = subprocess.run(
-        [sys.executable, "-c", _KILLED_RUN, str(run_dir)], capture_output=True, text=True, timeout=600
-    )
+    command = [sys.executable, "-c", _KILLED_RUN, str(run_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=HERE)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     return run_dir
 
