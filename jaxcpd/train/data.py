@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -162,40 +162,30 @@ def _tfds_source(name: str, split: str, data_dir: str | None) -> Sequence:
         raise DatasetNotPreparedError(_prepare_instructions(name, data_dir)) from err
 
 
-def _preprocessors(info: DatasetInfo) -> tuple[Callable, Callable[..., Any]]:
+def _preprocessors(info: DatasetInfo) -> tuple[Callable, Callable]:
     """Returns ``(eval_fn(example), train_fn(example, rng))`` for a data set."""
 
     def finish(image: np.ndarray, label: Any) -> dict[str, np.ndarray]:
         return {"image": transforms.normalize(image, info.mean, info.std), "label": np.int32(label)}
 
+    def plain(ex):
+        return finish(ex["image"], ex["label"])
+
     if info.name == "imagenet2012":
         size = info.image_shape[0]
 
         def eval_fn(ex):
-            return finish(transforms.resize_center_crop(ex["image"], size=size, resize=_IMAGENET_RESIZE),
-                          ex["label"])
+            image = transforms.resize_center_crop(ex["image"], size=size, resize=_IMAGENET_RESIZE)
+            return finish(image, ex["label"])
 
         def train_fn(ex, rng):
             return finish(transforms.random_resized_crop(ex["image"], rng, size=size), ex["label"])
 
-    elif info.name.startswith("cifar"):
-
-        def eval_fn(ex):
-            return finish(ex["image"], ex["label"])
-
-        def train_fn(ex, rng):
-            return finish(transforms.pad_crop_flip(ex["image"], rng), ex["label"])
-
-    else:  # mnist-subset: digits are not flip-invariant and the short demo budgets learn faster unaugmented
-
-        def eval_fn(ex):
-            return finish(ex["image"], ex["label"])
-
-        def train_fn(ex, rng):
-            del rng
-            return eval_fn(ex)
-
-    return eval_fn, train_fn
+        return eval_fn, train_fn
+    if info.name.startswith("cifar"):
+        return plain, lambda ex, rng: finish(transforms.pad_crop_flip(ex["image"], rng), ex["label"])
+    # mnist-subset: digits are not flip-invariant, and the short demo budgets learn faster unaugmented
+    return plain, lambda ex, rng: plain(ex)
 
 
 class Batches:
@@ -225,19 +215,19 @@ class Batches:
         index, count = shard
         self.info, self.split, self.batch_size, self.augment = info, split, batch_size, augment
         self.local_batch_size = batch_size // count
-        self._count = len(source)
+        self._split_size = len(source)
         self._dataset = grain.MapDataset.source(source)[index::count]
         self._eval_fn, self._train_fn = _preprocessors(info)
         self._read = grain.ReadOptions(
             num_threads=num_threads, prefetch_buffer_size=4 * self.local_batch_size
         )
         self.num_examples = len(self._dataset)
-        self.steps_per_epoch = (self._count // count) // self.local_batch_size
+        self.steps_per_epoch = (self._split_size // count) // self.local_batch_size
         self._host_count = count
 
     def __len__(self) -> int:
         """Batches in one ordered pass; the same on every host."""
-        per_host = -(-self._count // self._host_count)
+        per_host = -(-self._split_size // self._host_count)
         return -(-per_host // self.local_batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -279,7 +269,7 @@ class Batches:
         """
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"batch_size: {self.batch_size} exceeds the {self._count} examples of split {self.split!r}"
+                f"batch_size: {self.batch_size} exceeds the {self._split_size} examples of {self.split!r}"
             )
         if not 0 <= seed < 2**32:
             raise ValueError(f"seed: must be in [0, 2**32), got {seed}")
@@ -288,7 +278,10 @@ class Batches:
         dataset = self._dataset[: self.steps_per_epoch * self.local_batch_size].seed(seed).shuffle()
         dataset = dataset.random_map(self._train_fn) if self.augment else dataset.map(self._eval_fn)
         dataset = dataset.batch(self.local_batch_size, drop_remainder=True).repeat()
-        for batch in dataset[start_step:].to_iter_dataset(self._read):
+        return self._with_mask(dataset[start_step:].to_iter_dataset(self._read))
+
+    def _with_mask(self, batches: Iterable[Batch]) -> Generator[Batch, None, None]:
+        for batch in batches:
             batch["mask"] = np.ones(self.local_batch_size, bool)
             yield batch
 

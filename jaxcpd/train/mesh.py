@@ -80,6 +80,12 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 
     Returns:
       Global ``jax.Array`` s whose first dimension is the global batch size.
+
+    Raises:
+      ValueError: if the global batch does not split evenly over the mesh's devices.
     """
+    global_size = len(next(iter(batch.values()))) * jax.process_count()
+    if global_size % mesh.size:
+        raise ValueError(f"batch: global batch of {global_size} does not split over the {mesh.size} devices")
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}

@@ -85,6 +85,15 @@ def test_bad_arguments_name_the_argument(kwargs, argument):
         load(**kwargs)
 
 
+def test_bad_stream_arguments_raise_at_the_call(mnist_train):
+    with pytest.raises(ValueError, match="^seed:"):
+        mnist_train.stream(seed=-1)
+    with pytest.raises(ValueError, match="^start_step:"):
+        mnist_train.stream(seed=0, start_step=-1)
+    with pytest.raises(ValueError, match="^batch_size: 5000 exceeds the 4000 examples of 'train'"):
+        load("mnist-subset", "train", batch_size=5000).stream(seed=0)
+
+
 def test_unknown_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match="cifar10, cifar100, imagenet2012, mnist-subset"):
         dataset_info("svhn")
@@ -98,14 +107,15 @@ def test_missing_tfds_data_set_says_how_to_prepare_it(tmp_path):
     assert isinstance(info.value, FileNotFoundError)
 
 
-def test_cifar10_pipeline_on_mock_data():
-    info = dataset_info("cifar10")
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_pipeline_on_mock_data(name):
+    info = dataset_info(name)
     with tfds.testing.mock_data(num_examples=20):
-        raw = tfds.data_source("cifar10", split="test")
+        raw = tfds.data_source(name, split="test")
         raw_images = np.stack([raw[i]["image"] for i in range(20)])
         raw_labels = np.array([raw[i]["label"] for i in range(20)])
-        images, labels = _collect(load("cifar10", "test", batch_size=8))
-        train = load("cifar10", "train", batch_size=8)
+        images, labels = _collect(load(name, "test", batch_size=8))
+        train = load(name, "train", batch_size=8)
         batch = next(train.stream(seed=0))
     assert images.shape == (20, 32, 32, 3) and images.dtype == np.float32
     restored = (images * np.array(info.std) + np.array(info.mean)) * 255

@@ -39,6 +39,10 @@ _SCRIPT = textwrap.dedent(
         finetune(TinyCNN(rngs=nnx.Rngs(0)), load("mnist-subset", "train", batch_size=12), None, config)
     except ValueError as err:
         out["error"] = str(err)
+    try:
+        evaluate(TinyCNN(rngs=nnx.Rngs(0)), load("mnist-subset", "test", batch_size=100))
+    except ValueError as err:
+        out["eval_error"] = str(err)
     print("RESULT" + json.dumps(out))
     """
 )
@@ -75,3 +79,4 @@ def test_the_batch_is_split_over_all_devices(result):
 
 def test_a_batch_that_does_not_split_is_refused(result):
     assert result["error"] == "train_data: batch_size 12 does not split over the 8 devices"
+    assert result["eval_error"] == "batch: global batch of 100 does not split over the 8 devices"
