@@ -2,6 +2,7 @@
 
 - :class:`CPConv`: 1x1 conv, depthwise ``D x D`` conv, 1x1 conv (CPD block).
 - :class:`TKDCPConv`: Tucker-2 1x1 convs around a CP core (TKD-CPD block).
+- :class:`Tucker2Conv`: 1x1 conv, dense ``D x D`` core conv, 1x1 conv (Tucker-2 block).
 - :class:`SVDConv` / :class:`SVDDense`: two rank-``R`` factors of a 1x1 conv / dense layer.
 - :func:`depthwise_conv`: depthwise conv, shifted multiply-adds on CPU, grouped conv elsewhere.
 - :func:`count_flops` / :func:`count_params`: multiply-adds and parameters of whole models.
@@ -14,6 +15,7 @@ from .cp_conv import CPConv
 from .depthwise import depthwise_conv, resolve_depthwise_impl
 from .svd import SVDConv, SVDDense
 from .tkd_cp_conv import TKDCPConv, merge_plan
+from .tucker2_conv import Tucker2Conv
 
 __all__ = [
     "CPConv",
@@ -21,6 +23,7 @@ __all__ = [
     "SVDConv",
     "SVDDense",
     "TKDCPConv",
+    "Tucker2Conv",
     "conv_config",
     "count_flops",
     "count_params",

@@ -5,13 +5,23 @@ Both blocks compute ``y = P_out(depthwise_A(P_in(x))) + bias`` where ``P_in`` is
 the ``D x D`` depthwise conv that carries the strides, padding and dilation of the
 replaced conv, and ``P_out`` is a chain of 1x1 convs from ``R`` to ``T`` channels at
 the output resolution (paper section 3, Fig. 3a and 3c). Only the 1x1 chains differ.
+
+On CPU a large batch is run in chunks (``lax.map``) so that the block's intermediates
+stay below :data:`CPU_CHUNK_BYTES` per chunk. XLA allocates a jitted call's temporaries
+afresh on every call; beyond glibc's mmap threshold (at most 32 MiB) that memory is
+mapped and page-faulted anew each time, which on the test machines cost more than
+the block's arithmetic at 56x56 resolution (see ``scripts/bench_blocks.py``). Small
+chunks also keep the chain's working set in cache.
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from jaxcpd.decomp import tensor_to_kernel
 from jaxcpd.decomp._checks import check_positive_int
@@ -20,6 +30,9 @@ from jaxcpd.decomp.kruskal import reconstruct
 from ._common import chain, check_input, new_param, pointwise, promote
 from ._geometry import as_pair, make_geometry
 from .depthwise import check_depthwise_impl, depthwise_conv
+
+CPU_CHUNK_BYTES = 4 * 2**20
+"""On CPU, batch chunk size is chosen so a chunk's intermediates take at most this many bytes."""
 
 
 class SeparableConv(nnx.Module):
@@ -86,16 +99,35 @@ class SeparableConv(nnx.Module):
         out_maps = [p[...] for p in self._output_maps()]
         bias = None if self.bias is None else self.bias[...]
         x, depthwise, bias, *maps = promote(self.dtype, x, self.depthwise[...], bias, *in_maps, *out_maps)
-        for w in maps[:len(in_maps)]:
-            x = pointwise(x, w, self.precision)
         g = self.geometry
-        x = depthwise_conv(x, depthwise, strides=g.strides, padding=g.padding, dilation=g.dilation,
-                           impl=self.depthwise_impl, precision=self.precision)
-        for w in maps[len(in_maps):]:
-            x = pointwise(x, w, self.precision)
-        if bias is not None:
-            x = x + bias
-        return x
+
+        def apply(x):
+            for w in maps[:len(in_maps)]:
+                x = pointwise(x, w, self.precision)
+            x = depthwise_conv(x, depthwise, strides=g.strides, padding=g.padding, dilation=g.dilation,
+                               impl=self.depthwise_impl, precision=self.precision)
+            for w in maps[len(in_maps):]:
+                x = pointwise(x, w, self.precision)
+            return x if bias is None else x + bias
+
+        batch_shape, image_shape = x.shape[:-3], x.shape[-3:]
+        chunk = self._cpu_chunk(image_shape[:2], x.dtype)
+        if chunk >= math.prod(batch_shape):
+            return apply(x)
+        y = lax.map(jax.checkpoint(apply), x.reshape(-1, *image_shape), batch_size=chunk)
+        return y.reshape(batch_shape + y.shape[1:])
+
+    def _cpu_chunk(self, input_hw, dtype) -> int | float:
+        """Images per chunk on CPU (see :data:`CPU_CHUNK_BYTES`); ``inf`` (no chunking) elsewhere."""
+        if jax.default_backend() != "cpu":
+            return math.inf
+        (h, w), (ho, wo) = input_hw, self.geometry.output_hw(input_hw)
+        (lo_h, hi_h), (lo_w, hi_w) = self.geometry.pads(input_hw)
+        head = sum(p.shape[1] for p in self._input_maps())
+        tail = sum(p.shape[1] for p in self._output_maps())
+        padded = (h + lo_h + hi_h) * (w + lo_w + hi_w)
+        per_image = h * w * head + padded * self.rank + ho * wo * (self.rank + tail)
+        return max(1, CPU_CHUNK_BYTES // (per_image * jnp.dtype(dtype).itemsize))
 
     def factors(self):
         """CP factors ``(A, B, C)`` of the block's kernel tensor ``K (D², S, T)`` (eq. 2).

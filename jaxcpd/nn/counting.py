@@ -25,8 +25,9 @@ from flax import nnx
 
 from ._separable import SeparableConv
 from .svd import SVDConv, SVDDense
+from .tucker2_conv import Tucker2Conv
 
-COUNTED_TYPES = (nnx.Conv, nnx.Linear, SeparableConv, SVDConv, SVDDense)
+COUNTED_TYPES = (nnx.Conv, nnx.Linear, SeparableConv, SVDConv, SVDDense, Tucker2Conv)
 
 _lock = threading.Lock()
 _active = threading.local()
@@ -50,7 +51,7 @@ def layer_flops(module: nnx.Module, x_shape, y_shape) -> int:
         return math.prod(y_shape[:-1]) * module.in_features * module.out_features
     if isinstance(module, SVDDense):
         return math.prod(y_shape[:-1]) * module.flops()
-    if isinstance(module, SeparableConv | SVDConv):
+    if isinstance(module, SeparableConv | SVDConv | Tucker2Conv):
         return math.prod(x_shape[:-3]) * module.flops(x_shape[-3:-1])
     names = [t.__name__ for t in COUNTED_TYPES]
     raise ValueError(f"module must be one of {names}, got {type(module).__name__}")

@@ -7,7 +7,7 @@ from nn_testing import CONV_CASES, block_and_reference, dense_conv, make_conv, n
 from tensorly.decomposition import parafac
 
 import jaxcpd
-from jaxcpd.nn import CPConv, conv_config
+from jaxcpd.nn import CPConv, _separable, conv_config
 
 
 def _random_block(seed, s, t, k, rank, **kwargs):
@@ -178,3 +178,24 @@ def test_jax_jit_of_split_block_matches_eager():
     x = normal(26, (1, 10, 10, 3))
     jitted = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
     np.testing.assert_allclose(jitted(state, x), block(x), rtol=1e-6, atol=1e-6)
+
+
+def test_cpu_batch_chunking_matches_the_reference_in_values_and_gradients(monkeypatch):
+    factors = (normal(32, (9, 6)), normal(33, (5, 6)), normal(34, (4, 6)))
+    block = CPConv.from_factors(factors, kernel_size=3, strides=2, padding=1, bias=normal(35, (4,)))
+    x = normal(36, (2, 3, 9, 11, 5))
+
+    @nnx.jit
+    def loss_and_grads(block, x):
+        return nnx.value_and_grad(lambda block, x: jnp.sum(jnp.sin(block(x))), argnums=(0, 1))(block, x)
+
+    whole = loss_and_grads(block, x)
+    monkeypatch.setattr(_separable, "CPU_CHUNK_BYTES", 1)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert block._cpu_chunk((9, 11), jnp.float32) == 1  # six images, one per lax.map step
+    chunked = jax.jit(lambda state, x: loss_and_grads(nnx.merge(nnx.graphdef(block), state), x))(
+        nnx.state(block), x)
+    for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole), strict=True):
+        assert rel_err(got, want) < 1e-5
+    got, want = block_and_reference(block, x.reshape(6, 9, 11, 5))
+    assert rel_err(got, want) < 1e-5
