@@ -10,6 +10,7 @@ from .kernel import kernel_to_tensor, tensor_to_kernel
 from .kruskal import cp_balance, cp_intensities, cp_reconstruct, cp_sensitivity
 from .svd import truncated_svd
 from .tucker import Tucker2Result, tucker2
+from .vbmf import evbmf_rank
 
 __all__ = [
     "CPDEPCResult",
@@ -25,6 +26,7 @@ __all__ = [
     "cp_sensitivity",
     "cpd_epc",
     "epc",
+    "evbmf_rank",
     "kernel_to_tensor",
     "tensor_to_kernel",
     "tkd_cpd",

@@ -112,8 +112,11 @@ def count_flops(model: nnx.Module, input_shape, *, dtype=jnp.float32, by_layer: 
     :class:`TKDCPConv`, :class:`SVDConv` and :class:`SVDDense`; other layers cost
     nothing here. Layers nested inside a counted layer are not counted twice. The
     model is traced abstractly (``jax.eval_shape``): nothing is computed and the
-    model's state (e.g. batch statistics) is left unchanged. Not to be run while
-    another thread calls the same layer classes.
+    model's state (e.g. batch statistics) is left unchanged. While counting, the
+    ``__call__`` of the counted classes is wrapped (as ``nnx.tabulate`` does); the
+    wrapper only records calls made by the counting thread, and concurrent counts
+    are serialised. A layer inside a ``scan``/``fori_loop`` body is traced, hence
+    counted, once rather than once per iteration.
 
     Args:
       model: an NNX module called as ``model(x, **call_kwargs)``.
