@@ -118,7 +118,11 @@ class SeparableConv(nnx.Module):
         return y.reshape(batch_shape + y.shape[1:])
 
     def _cpu_chunk(self, input_hw, dtype) -> int | float:
-        """Images per chunk on CPU (see :data:`CPU_CHUNK_BYTES`); ``inf`` (no chunking) elsewhere."""
+        """Images per chunk on CPU (see :data:`CPU_CHUNK_BYTES`); ``inf`` (no chunking) elsewhere.
+
+        The largest power of two (at least 1) whose intermediates fit the budget: it divides
+        the usual batch sizes, and odd chunks split unevenly over XLA's threads.
+        """
         if jax.default_backend() != "cpu":
             return math.inf
         (h, w), (ho, wo) = input_hw, self.geometry.output_hw(input_hw)
@@ -127,7 +131,8 @@ class SeparableConv(nnx.Module):
         tail = sum(p.shape[1] for p in self._output_maps())
         padded = (h + lo_h + hi_h) * (w + lo_w + hi_w)
         per_image = h * w * head + padded * self.rank + ho * wo * (self.rank + tail)
-        return max(1, CPU_CHUNK_BYTES // (per_image * jnp.dtype(dtype).itemsize))
+        fits = CPU_CHUNK_BYTES // (per_image * jnp.dtype(dtype).itemsize)
+        return 1 << max(fits.bit_length() - 1, 0)
 
     def factors(self):
         """CP factors ``(A, B, C)`` of the block's kernel tensor ``K (D², S, T)`` (eq. 2).

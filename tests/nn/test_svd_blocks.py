@@ -50,6 +50,8 @@ def test_svd_dense_matches_nnx_linear():
     x = normal(11, (2, 3, 12))
     assert rel_err(layer(x), linear(x)) < 1e-5
     np.testing.assert_allclose(layer.dense_kernel(), w, rtol=1e-5, atol=1e-5)
+    for got, want in zip(layer.factors(), (u, v), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
     np.testing.assert_allclose(layer(x[0, 0]), layer(x)[0, 0], rtol=1e-6, atol=1e-6)
 
 
@@ -57,12 +59,11 @@ def test_fresh_blocks_and_counts():
     conv = nnx.eval_shape(lambda: SVDConv(256, 512, 64, strides=2, rngs=nnx.Rngs(0)))
     assert conv.num_params() == count_params(conv) == 64 * (256 + 512) + 512
     assert conv.flops((14, 14)) == 7 * 7 * 64 * (256 + 512)
-    dense = SVDDense(512, 1000, 100, use_bias=False, rngs=nnx.Rngs(0))
+    dense = nnx.eval_shape(lambda: SVDDense(512, 1000, 100, use_bias=False, rngs=nnx.Rngs(0)))
     assert dense.bias is None
     assert dense.num_params() == count_params(dense) == 100 * (512 + 1000)
     assert dense.flops() == 100 * (512 + 1000)
-    u, v = dense.factors()
-    assert u.shape == (512, 100) and v.shape == (1000, 100)
+    assert dense.in_proj.shape == (512, 100) and dense.out_proj.shape == (100, 1000)
 
 
 @pytest.mark.parametrize(
