@@ -140,8 +140,8 @@ def main():
             t_tl = tensorly_in_child(shape, rank)
             roof = 4 * np.prod(shape) * rank / (rate * 1e9)
             row = (
-                f"| {shape} | {rank} | {rate:.0f} | {t_ours * 1e3:.2f} | {t_ours / roof:.2f} | {t_tl * 1e3:.1f} | "
-                f"{t_tl / t_ours:.1f} | {t_epc * 1e3:.2f} | {t_epc / t_ours:.2f} |"
+                f"| {shape} | {rank} | {rate:.0f} | {t_ours * 1e3:.2f} | {t_ours / roof:.2f} "
+                f"| {t_tl * 1e3:.1f} | {t_tl / t_ours:.1f} | {t_epc * 1e3:.2f} | {t_epc / t_ours:.2f} |"
             )
             lines.append(row)
             print(row, flush=True)
