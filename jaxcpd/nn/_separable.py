@@ -31,7 +31,7 @@ from ._common import chain, check_input, new_param, pointwise, promote
 from ._geometry import as_pair, make_geometry
 from .depthwise import check_depthwise_impl, depthwise_conv
 
-CPU_CHUNK_BYTES = 4 * 2**20
+CPU_CHUNK_BYTES = 8 * 2**20
 """On CPU, batch chunk size is chosen so a chunk's intermediates take at most this many bytes."""
 
 
