@@ -150,5 +150,9 @@ def load_plan(path) -> dict[str, LayerPlan]:
     if not path.is_file():
         raise ValueError(f"plan file not found: {path}")
     text = path.read_text()
-    data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    is_yaml = path.suffix in (".yaml", ".yml")
+    try:
+        data = yaml.safe_load(text) if is_yaml else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ValueError(f"plan file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {err}") from err
     return plan_from_dict(data)
