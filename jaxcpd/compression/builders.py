@@ -13,7 +13,7 @@ from flax import nnx
 from ..decomp._checks import check_positive_int
 from ..decomp.vbmf import evbmf_rank
 from ..models import named_convs, named_modules
-from ..nn import count_flops
+from ..nn import count_flops, merge_plan
 from .plan import CP_METHODS, METHODS, TKD_METHODS, LayerPlan
 from .surgery import default_input_shape
 
@@ -76,8 +76,10 @@ def _ranks_for_ratio(method: str, kernel_shape, ratio: float) -> LayerPlan:
         return LayerPlan("svd", rank=max(1, min(round(budget / (s + t)), s, t)))
     if method in CP_METHODS:
         return LayerPlan(method, rank=max(1, round(budget / (d2 + s + t))))
-    # Tucker ranks proportional to the channel counts: r1/S = r2/T = g.
-    g = (-1 + math.sqrt(1 + ratio * d2 * d2)) / d2
+    # Tucker ranks proportional to the channel counts: r1/S = r2/T = g, with the weights
+    # S r1 + d2 r1 r2 + r2 T = g (S² + T²) + g² d2 S T equal to the budget ratio d2 S T.
+    quad, lin = d2 * s * t, s * s + t * t
+    g = (-lin + math.sqrt(lin * lin + 4 * quad * budget)) / (2 * quad)
     if method == "tucker2":
         return LayerPlan(method, ranks=(max(1, min(round(g * s), s)), max(1, min(round(g * t), t))))
     # TKD-CPD: half of the budget's channel reduction in the Tucker factors, the CP
@@ -135,11 +137,10 @@ def _block_flops(entry: LayerPlan, kernel_shape, dense_flops: int, stride: int) 
         return round(in_px * s * r1 + out_px * (d2 * r1 * r2 + r2 * t))
     if entry.method in TKD_METHODS:
         r1, r2 = entry.ranks
-        if entry.rank < r1 and entry.rank < r2:
-            return round(in_px * s * entry.rank + out_px * entry.rank * (d2 + t))
-        return round(
-            in_px * (s * r1 + r1 * entry.rank) + out_px * (d2 * entry.rank + entry.rank * r2 + r2 * t)
-        )
+        merged_in, merged_out = merge_plan(s, t, entry.rank, entry.ranks, None)
+        head = s * entry.rank if merged_in else s * r1 + r1 * entry.rank
+        tail = entry.rank * t if merged_out else entry.rank * r2 + r2 * t
+        return round(in_px * head + out_px * (d2 * entry.rank + tail))
     return round(in_px * s * entry.rank + out_px * entry.rank * (d2 + t))
 
 

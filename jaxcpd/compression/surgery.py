@@ -12,7 +12,17 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from ..models import get_submodule, set_submodule
-from ..nn import CPConv, SVDConv, SVDDense, TKDCPConv, Tucker2Conv, conv_config, count_flops, count_params
+from ..nn import (
+    CPConv,
+    SVDConv,
+    SVDDense,
+    TKDCPConv,
+    Tucker2Conv,
+    conv_config,
+    count_flops,
+    count_params,
+    merge_plan,
+)
 from .decompose import decompose_batch, layer_tensor
 from .plan import CP_METHODS, TKD_METHODS, LayerPlan, plan_from_dict
 from .report import CompressionReport, LayerReport
@@ -69,9 +79,10 @@ def planned_params(entry: LayerPlan, kernel_shape) -> int | None:
     r1, r2 = ranks
     if entry.method == "tucker2":
         return s * r1 + d2 * r1 * r2 + r2 * t
-    if r < r1 and r < r2:  # merged TKD-CPD block (section 3)
-        return r * (d2 + s + t)
-    return s * r1 + r1 * r + d2 * r + r * r2 + r2 * t
+    merged_in, merged_out = merge_plan(s, t, r, ranks, None)  # the structure TKDCPConv builds
+    head = s * r if merged_in else s * r1 + r1 * r
+    tail = r * t if merged_out else r * r2 + r2 * t
+    return head + d2 * r + tail
 
 
 def _growth(name, before, after, on_growth):
