@@ -149,7 +149,8 @@ class CompressionReport:
         layers = []
         for row in data.pop("layers"):
             row["kernel_shape"] = tuple(row["kernel_shape"])
-            row["ranks"] = None if row["ranks"] is None else tuple(row["ranks"])
+            for key in ("ranks", "merged"):
+                row[key] = None if row[key] is None else tuple(row[key])
             layers.append(LayerReport(**row))
         data["input_shape"] = tuple(data["input_shape"])
         return cls(layers=layers, **data)
