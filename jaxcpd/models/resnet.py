@@ -102,6 +102,9 @@ class ResNet(nnx.Module):
         stride-1 conv and there is no max-pool. Such a model does not take
         ImageNet ``conv1`` weights (the kernel shape differs).
       in_channels: input channels (1 for MNIST).
+      width: channels of ``conv1`` and ``layer1``; the stages have ``width``,
+        ``2 width``, ``4 width`` and ``8 width`` (torchvision: 64). Narrow variants
+        (e.g. 16) are for quick CPU experiments; only 64 takes torchvision weights.
       rngs: random streams for the initialisers.
     """
 
@@ -115,20 +118,23 @@ class ResNet(nnx.Module):
         *,
         small_input: bool = False,
         in_channels: int = 3,
+        width: int = 64,
         rngs: nnx.Rngs,
     ):
         num_classes = check_positive_int(num_classes, "num_classes")
+        width = check_positive_int(width, "width")
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.small_input = bool(small_input)
         if self.small_input:
-            self.conv1 = conv2d(self.in_channels, 64, 3, stride=1, padding=1, rngs=rngs)
+            self.conv1 = conv2d(self.in_channels, width, 3, stride=1, padding=1, rngs=rngs)
         else:
-            self.conv1 = conv2d(self.in_channels, 64, 7, stride=2, padding=3, rngs=rngs)
-        self.bn1 = batch_norm(64, rngs=rngs)
+            self.conv1 = conv2d(self.in_channels, width, 7, stride=2, padding=3, rngs=rngs)
+        self.bn1 = batch_norm(width, rngs=rngs)
         self.maxpool = None if self.small_input else MaxPool2d(3, stride=2, padding=1)
-        in_planes = 64
+        in_planes = width
         stages = []
-        for index, (planes, num_blocks) in enumerate(zip((64, 128, 256, 512), stage_sizes, strict=True)):
+        widths = (width, 2 * width, 4 * width, 8 * width)
+        for index, (planes, num_blocks) in enumerate(zip(widths, stage_sizes, strict=True)):
             blocks = []
             for b in range(num_blocks):
                 stride = 2 if index > 0 and b == 0 else 1
@@ -155,52 +161,94 @@ class ResNet(nnx.Module):
         return self.fc(x.mean(axis=(1, 2)))
 
 
-def resnet18(num_classes: int = 1000, *, small_input: bool = False, in_channels: int = 3, rngs: nnx.Rngs):
+def resnet18(
+    num_classes: int = 1000,
+    *,
+    small_input: bool = False,
+    in_channels: int = 3,
+    width: int = 64,
+    rngs: nnx.Rngs,
+):
     """ResNet-18, torchvision's ``resnet18``.
 
     Args:
       num_classes: size of the ``fc`` output (positive).
       small_input: CIFAR-style stem (3x3 stride-1 ``conv1``, no max-pool) for 32x32 / 28x28 inputs.
       in_channels: input channels (1 for MNIST).
+      width: base width (torchvision: 64; see :class:`ResNet`).
       rngs: random streams for the initialisers.
 
     Returns:
       A :class:`ResNet` in training mode (call ``.eval()`` for inference).
     """
     return ResNet(
-        BasicBlock, (2, 2, 2, 2), num_classes, small_input=small_input, in_channels=in_channels, rngs=rngs
+        BasicBlock,
+        (2, 2, 2, 2),
+        num_classes,
+        small_input=small_input,
+        in_channels=in_channels,
+        width=width,
+        rngs=rngs,
     )
 
 
-def resnet34(num_classes: int = 1000, *, small_input: bool = False, in_channels: int = 3, rngs: nnx.Rngs):
+def resnet34(
+    num_classes: int = 1000,
+    *,
+    small_input: bool = False,
+    in_channels: int = 3,
+    width: int = 64,
+    rngs: nnx.Rngs,
+):
     """ResNet-34, torchvision's ``resnet34``.
 
     Args:
       num_classes: size of the ``fc`` output (positive).
       small_input: CIFAR-style stem (3x3 stride-1 ``conv1``, no max-pool) for 32x32 / 28x28 inputs.
       in_channels: input channels (1 for MNIST).
+      width: base width (torchvision: 64; see :class:`ResNet`).
       rngs: random streams for the initialisers.
 
     Returns:
       A :class:`ResNet` in training mode (call ``.eval()`` for inference).
     """
     return ResNet(
-        BasicBlock, (3, 4, 6, 3), num_classes, small_input=small_input, in_channels=in_channels, rngs=rngs
+        BasicBlock,
+        (3, 4, 6, 3),
+        num_classes,
+        small_input=small_input,
+        in_channels=in_channels,
+        width=width,
+        rngs=rngs,
     )
 
 
-def resnet50(num_classes: int = 1000, *, small_input: bool = False, in_channels: int = 3, rngs: nnx.Rngs):
+def resnet50(
+    num_classes: int = 1000,
+    *,
+    small_input: bool = False,
+    in_channels: int = 3,
+    width: int = 64,
+    rngs: nnx.Rngs,
+):
     """ResNet-50 v1.5, torchvision's ``resnet50``.
 
     Args:
       num_classes: size of the ``fc`` output (positive).
       small_input: CIFAR-style stem (3x3 stride-1 ``conv1``, no max-pool) for 32x32 / 28x28 inputs.
       in_channels: input channels (1 for MNIST).
+      width: base width (torchvision: 64; see :class:`ResNet`).
       rngs: random streams for the initialisers.
 
     Returns:
       A :class:`ResNet` in training mode (call ``.eval()`` for inference).
     """
     return ResNet(
-        Bottleneck, (3, 4, 6, 3), num_classes, small_input=small_input, in_channels=in_channels, rngs=rngs
+        Bottleneck,
+        (3, 4, 6, 3),
+        num_classes,
+        small_input=small_input,
+        in_channels=in_channels,
+        width=width,
+        rngs=rngs,
     )

@@ -48,6 +48,22 @@ def test_small_input_stem():
     assert imagenet.conv1.padding == ((3, 3), (3, 3))
 
 
+@pytest.mark.parametrize(("builder", "expansion"), [(resnet18, 1), (resnet50, 4)])
+def test_width_scales_every_stage(builder, expansion):
+    model = abstract(builder, small_input=True, width=16, num_classes=10)
+    assert model.conv1.kernel.get_value().shape == (3, 3, 3, 16)
+    for stage, planes in zip((model.layer1, model.layer2, model.layer3, model.layer4), (16, 32, 64, 128)):
+        assert stage[0].conv2.kernel.get_value().shape[-1] == planes
+    assert model.fc.kernel.get_value().shape == (128 * expansion, 10)
+    assert output_shape(model, (2, 28, 28, 3)) == (2, 10)
+
+
+@pytest.mark.parametrize("width", [0, 2.5])
+def test_bad_width(width):
+    with pytest.raises(ValueError, match="width must be a positive int"):
+        resnet18(width=width, rngs=nnx.Rngs(0))
+
+
 def test_resnet_conv_names_follow_torchvision():
     names = [name for name, _ in named_convs(abstract(resnet18))]
     assert names[:4] == ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1"]
