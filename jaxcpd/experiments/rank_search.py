@@ -451,7 +451,12 @@ def rank_bounds(
                 raise ValueError(
                     f"tucker_ranks: method {method!r} needs the Tucker-2 ranks of layer {name!r}"
                 )
-            pair = tuple(tucker_ranks[name])
+            pair = tucker_ranks[name]
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise ValueError(
+                    f"tucker_ranks[{name!r}] must be a pair (R1, R2) to bound the rank, got {pair!r}"
+                )
+            pair = tuple(pair)
 
             def entry(r, pair=pair):
                 return LayerPlan(method, rank=r, ranks=pair)

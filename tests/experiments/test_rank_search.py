@@ -292,6 +292,8 @@ def test_rank_bounds_are_the_largest_ranks_without_more_weights(convnet):
         rank_bounds(convnet, ["conv2"], "svd")
     with pytest.raises(ValueError, match=r"^tucker_ranks: method 'tkd-cpd-epc' needs the Tucker-2 ranks"):
         rank_bounds(convnet, ["conv2"], "tkd-cpd-epc")
+    with pytest.raises(ValueError, match=r"^tucker_ranks\['conv2'\] must be a pair \(R1, R2\)"):
+        rank_bounds(convnet, ["conv2"], "tkd-cpd-epc", tucker_ranks={"conv2": 0.3})
     with pytest.raises(ValueError, match=r"^method must be one of"):
         rank_bounds(convnet, ["conv2"], "tucker2")
     with pytest.raises(ValueError, match=r"even rank 1 of 'cpd' has more weights than its 9"):
