@@ -52,7 +52,8 @@ def test_small_input_stem():
 def test_width_scales_every_stage(builder, expansion):
     model = abstract(builder, small_input=True, width=16, num_classes=10)
     assert model.conv1.kernel.get_value().shape == (3, 3, 3, 16)
-    for stage, planes in zip((model.layer1, model.layer2, model.layer3, model.layer4), (16, 32, 64, 128)):
+    stages = (model.layer1, model.layer2, model.layer3, model.layer4)
+    for stage, planes in zip(stages, (16, 32, 64, 128), strict=True):
         assert stage[0].conv2.kernel.get_value().shape[-1] == planes
     assert model.fc.kernel.get_value().shape == (128 * expansion, 10)
     assert output_shape(model, (2, 28, 28, 3)) == (2, 10)
