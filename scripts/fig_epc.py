@@ -12,26 +12,26 @@ For each rank it runs CP-ALS, then EPC at the ALS error, and plots
   right: sum of squared intensities (eq. 3) and sensitivity (eq. 5) vs rank
          (Fig. 2 right).
 
-Writes ``scripts/results/fig_epc.png`` and ``fig_epc.md`` (the numbers).
+The study itself is :func:`jaxcpd.experiments.layer_study.layer_study` (also behind
+``jaxcpd decompose``); this script only trains the model and names the outputs.
+
+Writes ``scripts/results/fig_epc.png``, ``fig_epc.md`` (the numbers) and ``fig_epc.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
+import json
 from pathlib import Path
 
 import jax
-import matplotlib
 import numpy as np
 from flax import nnx
 
 import jaxcpd
+from jaxcpd.experiments.layer_study import layer_study, parse_ranks, plot_fig2
 from jaxcpd.train import SCRATCH_CONFIG
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def trained_kernel(steps: int, layer: str):
@@ -43,7 +43,7 @@ def trained_kernel(steps: int, layer: str):
     )
     model, _ = jaxcpd.train.train_from_scratch(model, train, test, config)
     top1 = jaxcpd.train.evaluate(model, test)["top1"]
-    return jaxcpd.models.get_submodule(model, layer).kernel[...], top1
+    return np.asarray(jaxcpd.models.get_submodule(model, layer).kernel[...]), top1
 
 
 def main():
@@ -52,73 +52,37 @@ def main():
     )
     parser.add_argument("--steps", type=int, default=150, help="training steps (batch 32)")
     parser.add_argument("--layer", default="layer4.1.conv1")
-    parser.add_argument("--ranks", default="10,50,100,200,300,500")
+    parser.add_argument("--ranks", default="10,50,100,200,300,500", help="e.g. 10,50,100 or 10:500:10")
     parser.add_argument("--out", type=Path, default=Path("scripts/results"))
     args = parser.parse_args()
-    ranks = [int(r) for r in args.ranks.split(",")]
+    ranks = parse_ranks(args.ranks)
     kernel, top1 = trained_kernel(args.steps, args.layer)
-    x = jaxcpd.kernel_to_tensor(kernel)
-    rows, last = [], None
-    for rank in ranks:
-        start = time.perf_counter()
-        res = jaxcpd.cpd_epc(
-            x,
-            rank,
-            key=jax.random.PRNGKey(rank),
-            als_kwargs={"max_iter": 300, "tol": 1e-6},
-            epc_kwargs={"max_iter": 100, "tol": 1e-5},
-        )
-        cpd, epc = res.cpd.factors, res.epc.factors
-        row = {
-            "rank": rank,
-            "rel_error_cpd": float(res.cpd.rel_error),
-            "rel_error_epc": float(res.epc.rel_error),
-            "sn_cpd": float(np.sum(np.asarray(jaxcpd.cp_intensities(cpd)) ** 2)),
-            "sn_epc": float(np.sum(np.asarray(jaxcpd.cp_intensities(epc)) ** 2)),
-            "ss_cpd": float(jaxcpd.cp_sensitivity(cpd)),
-            "ss_epc": float(jaxcpd.cp_sensitivity(epc)),
-            "seconds": time.perf_counter() - start,
-        }
-        rows.append(row)
-        last = (
-            np.sort(np.asarray(jaxcpd.cp_intensities(cpd)))[::-1],
-            np.sort(np.asarray(jaxcpd.cp_intensities(epc)))[::-1],
-        )
-        print(row, flush=True)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.semilogy(last[0], label="CPD")
-    left.semilogy(last[1], label="CPD-EPC")
-    left.set(xlabel="rank-1 term (sorted)", ylabel="intensity", title=f"{args.layer}, rank {ranks[-1]}")
-    left.legend()
-    r = [row["rank"] for row in rows]
-    right.semilogy(r, [row["sn_cpd"] for row in rows], "o-", label="sum sq. intensity, CPD")
-    right.semilogy(r, [row["sn_epc"] for row in rows], "o--", label="sum sq. intensity, CPD-EPC")
-    right.semilogy(r, [row["ss_cpd"] for row in rows], "s-", label="sensitivity, CPD")
-    right.semilogy(r, [row["ss_epc"] for row in rows], "s--", label="sensitivity, CPD-EPC")
-    right.set(xlabel="CP rank", title="eq. 3 and eq. 5 vs rank")
-    right.legend(fontsize=8)
-    fig.suptitle(
-        f"Trained kernel: small-input ResNet-18, {args.steps} steps on MNIST subset (top-1 {top1:.3f})"
+    study = layer_study(
+        kernel,
+        ranks,
+        key=jax.random.PRNGKey(0),
+        als_kwargs={"max_iter": 300, "tol": 1e-6},
+        epc_kwargs={"max_iter": 100, "tol": 1e-5},
+        progress=True,
+        name=args.layer,
     )
-    fig.tight_layout()
-    fig.savefig(args.out / "fig_epc.png", dpi=120)
-    lines = [
-        f"Kernel: {args.layer} (3x3x512x512) of a small-input ResNet-18 trained {args.steps} steps on the "
-        f"embedded MNIST subset (top-1 {top1:.3f}).",
-        "",
-        "| rank | rel. error CPD | rel. error EPC | sum sq. intensity CPD | EPC "
-        "| sensitivity CPD | EPC | s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {w['rank']} | {w['rel_error_cpd']:.4f} | {w['rel_error_epc']:.4f} | {w['sn_cpd']:.4g} | "
-        f"{w['sn_epc']:.4g} | {w['ss_cpd']:.4g} | {w['ss_epc']:.4g} | {w['seconds']:.0f} |"
-        for w in rows
-    ]
-    (args.out / "fig_epc.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    shape = "x".join(map(str, kernel.shape))
+    about = (
+        f"Kernel: {args.layer} ({shape}) of a small-input ResNet-18 trained {args.steps} steps on the "
+        f"embedded MNIST subset (top-1 {top1:.3f})."
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_fig2(
+        study,
+        args.out / "fig_epc.png",
+        title=f"Trained kernel: small-input ResNet-18, {args.steps} steps on MNIST subset (top-1 {top1:.3f})",
+    )
+    seconds = ", ".join(f"{r.rank}: {r.seconds:.0f}" for r in study.records)
+    text = f"{about}\n\n{study.markdown()}\nSeconds per rank (ALS + EPC): {seconds}.\n"
+    (args.out / "fig_epc.md").write_text(text)
+    record = {"top1": float(top1), **study.to_json()}
+    (args.out / "fig_epc.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
