@@ -15,9 +15,15 @@ EXIT_ERROR = 2
 
 
 def _enable_compile_cache() -> None:
-    """Persistent XLA compilation cache, so a second run of a command skips most compiles."""
+    """Persistent XLA compilation cache, so a second run of a command skips most compiles.
+
+    ``JAX_COMPILATION_CACHE_DIR`` wins when set; else ``JAXCPD_COMPILE_CACHE`` (empty
+    disables it), default ``~/.cache/jaxcpd/xla``.
+    """
     import jax
 
+    if jax.config.jax_compilation_cache_dir:
+        return
     cache = os.environ.get("JAXCPD_COMPILE_CACHE", str(Path.home() / ".cache" / "jaxcpd" / "xla"))
     if cache:
         jax.config.update("jax_compilation_cache_dir", cache)

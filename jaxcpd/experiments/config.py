@@ -22,6 +22,7 @@ Unknown keys, wrong types and bad values raise :class:`ConfigError` (a
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,28 @@ from ..train.data import DATASETS
 STRATEGIES = ("flops", "uniform", "vbmf", "rank_search", "plan")
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "vgg16")
 COMPRESS_METHODS = tuple(m for m in METHODS if m not in ("keep", "svd"))
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loader that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -212,12 +235,15 @@ class ExperimentConfig:
       name: experiment name (titles, default output directory ``runs/<name>``).
       seed: seed of initialisation and decompositions.
       output: run directory.
+      resume: continue an interrupted run in ``output`` (baseline and fine-tuning
+        checkpoints, rank-search caches) instead of starting it afresh.
       model, data, baseline, compression, finetune, speed: the sections.
     """
 
     name: str = "experiment"
     seed: int = 0
     output: str | None = None
+    resume: bool = False
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     baseline: BaselineConfig = dataclasses.field(default_factory=BaselineConfig)
@@ -231,8 +257,12 @@ class ExperimentConfig:
         return Path(self.output if self.output is not None else Path("runs") / self.name)
 
     def to_dict(self) -> dict:
-        """Plain data (YAML/JSON-ready; tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+        """Plain data (YAML/JSON-ready; tuples become lists), loadable by :func:`config_from_dict`."""
+        data = _plain(dataclasses.asdict(self))
+        for section in ("baseline", "finetune"):
+            for key in _MANAGED:
+                data[section].pop(key)
+        return data
 
 
 def _plain(value):
@@ -322,6 +352,13 @@ def build_section(cls, data, key: str = ""):
         raise ConfigError(f"{key}.{error}" if key else str(error)) from None
 
 
+_MANAGED = {
+    "run_dir": "under the top-level 'output'",
+    "resume": "use the top-level 'resume'",
+    "seed": "use the top-level 'seed'",
+}
+
+
 def _parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. finetune.steps=100")
@@ -330,7 +367,7 @@ def _parse_override(text: str) -> tuple[list[str], object]:
     if not all(keys):
         raise ConfigError(f"--set {text!r}: bad key {path!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml(raw) if raw.strip() else None
     except yaml.YAMLError as error:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({error.problem})") from None
     return keys, value
@@ -367,7 +404,12 @@ def config_from_dict(data, overrides: Sequence[str] = ()) -> ExperimentConfig:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"config: must be a mapping of sections, got {type(data).__name__}")
-    return build_section(ExperimentConfig, apply_overrides(dict(data), overrides))
+    data = apply_overrides(dict(data), overrides)
+    for section in ("baseline", "finetune"):
+        for key in _MANAGED:
+            if isinstance(data.get(section), Mapping) and key in data[section]:
+                raise ConfigError(f"{section}.{key}: set by the experiment ({_MANAGED[key]})")
+    return build_section(ExperimentConfig, data)
 
 
 def load_config(path, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -388,7 +430,7 @@ def load_config(path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _yaml(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from None
     return config_from_dict(data, overrides)

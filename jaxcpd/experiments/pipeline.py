@@ -7,7 +7,7 @@ and writes a run directory::
     RUN_DIR/summary.json, summary.md the comparison table (see :mod:`.summary`)
     RUN_DIR/summary.png              accuracy, sensitivity per layer, fine-tuning curves
     RUN_DIR/baseline/model/          the dense model (``jaxcpd.load_compressed`` reads it)
-    RUN_DIR/baseline/metrics.jsonl   baseline training metrics, if it was trained
+    RUN_DIR/baseline/train/          baseline training metrics and checkpoints, if it was trained
     RUN_DIR/<method>/report.{md,json,csv}   the per-layer compression report
     RUN_DIR/<method>/model/          the fine-tuned compressed model
     RUN_DIR/<method>/finetune/       fine-tuning metrics and checkpoints
@@ -195,13 +195,16 @@ def _searched_plan(model, method, config, rules, *, run_dir, train, test, baseli
             tucker_ranks=tucker or None,
             compress_kwargs={"als_kwargs": c.als, "epc_kwargs": c.epc},
         )
+        cache = run_dir / f"rank_search_{layer_method}.cache.json"
+        if not config.resume:
+            cache.unlink(missing_ok=True)
         result = rank_search(
             probe,
             bounds,
             baseline=baseline_top1,
             eps=c.eps,
             progress=progress,
-            cache=run_dir / f"rank_search_{layer_method}.cache.json",
+            cache=cache,
             tag=f"{layer_method}/steps={c.search_steps}/seed={config.seed}",
         )
         plan.update(result.to_plan(layer_method, tucker_ranks=tucker or None))
@@ -209,8 +212,20 @@ def _searched_plan(model, method, config, rules, *, run_dir, train, test, baseli
     return plan, results
 
 
-def _finetune_config(config: ExperimentConfig, run_dir: Path) -> TrainConfig:
-    return dataclasses.replace(config.finetune, run_dir=str(run_dir), seed=config.seed)
+def _train_config(config: ExperimentConfig, train_config: TrainConfig, run_dir: Path, progress: bool):
+    """The section's training config with the experiment's run directory, seed and resume flag."""
+    if not config.resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    fields = {f.name: getattr(train_config, f.name) for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(
+        **{
+            **fields,
+            "run_dir": str(run_dir),
+            "seed": config.seed,
+            "resume": config.resume,
+            "progress": progress and train_config.progress,
+        }
+    )
 
 
 def _mean(values) -> float | None:
@@ -322,8 +337,8 @@ def run_experiment(
             f"before fine-tuning; fine-tuning ..."
         )
         start = time.perf_counter()
-        shutil.rmtree(method_dir / "finetune", ignore_errors=True)
-        compressed, _ = finetune(compressed, train, test, _finetune_config(config, method_dir / "finetune"))
+        ft_config = _train_config(config, config.finetune, method_dir / "finetune", progress)
+        compressed, _ = finetune(compressed, train, test, ft_config)
         finetune_seconds = time.perf_counter() - start
         after = evaluate(compressed, test)
         shutil.rmtree(method_dir / "model", ignore_errors=True)
