@@ -8,6 +8,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -174,7 +175,7 @@ def compress(
     bar = tqdm(total=len(active), desc="decomposing", disable=not progress, unit="layer")
     for (entry, _), names in groups.items():
         start = time.perf_counter()
-        tensors = jnp.stack([layer_tensor(modules[n].kernel[...], entry.method) for n in names])
+        tensors = np.stack([layer_tensor(np.asarray(modules[n].kernel[...]), entry.method) for n in names])
         keys = jnp.stack([layer_keys[n] for n in names])
         outs = decompose_batch(tensors, keys, entry, als_kwargs, epc_kwargs)
         elapsed = (time.perf_counter() - start) / len(names)

@@ -7,6 +7,7 @@ import pytest
 from compression_testing import normal, rel_err
 
 from jaxcpd import LayerPlan
+from jaxcpd.compression import decompose
 from jaxcpd.compression.decompose import decompose_batch, layer_tensor
 
 ALS = {"max_iter": 10}
@@ -29,6 +30,27 @@ def test_vmapped_batch_equals_one_at_a_time(entry):
         assert batched[i].keys() == single.keys()
         for got, want in zip(jax.tree.leaves(batched[i]), jax.tree.leaves(single), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_big_layers_run_one_after_the_other_with_the_same_results(monkeypatch):
+    """Above VMAP_MAX_WORK layers are decomposed one by one: same results as the vmapped batch."""
+    entry = LayerPlan("cpd-epc", rank=4)
+    tensors = _tensors(2, (9, 6, 7))
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    batched = decompose_batch(tensors, keys, entry, ALS, EPC)
+    monkeypatch.setattr(decompose, "VMAP_MAX_WORK", 0)
+    mapped = decompose_batch(tensors, keys, entry, ALS, EPC)
+    for got, want in zip(jax.tree.leaves(mapped), jax.tree.leaves(batched), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert isinstance(mapped[0]["rel_error"], float) and isinstance(mapped[0]["factors"][0], jax.Array)
+
+
+@pytest.mark.parametrize("entry", [LayerPlan("cpd-epc", rank=3), LayerPlan("svd", error_bound=0.5)], ids=str)
+def test_non_finite_tensor_is_rejected(entry):
+    tensors = np.array(_tensors(2, (9, 6, 7) if entry.method != "svd" else (6, 7)))
+    tensors[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"tensors\[1\] contains NaN or Inf"):
+        decompose_batch(tensors, jax.random.split(jax.random.PRNGKey(0), 2), entry, ALS, EPC)
 
 
 def _reconstruct(out, method):
