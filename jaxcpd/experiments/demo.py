@@ -4,7 +4,8 @@ A narrow small-input ResNet-18 (base width 16, 0.7 M parameters) is trained from
 scratch on the 4,000 training digits of ``mnist-subset``, every ``3 x 3`` conv but the
 stem is compressed by each method at the same 3x whole-model FLOP reduction
 (``plan_for_flops``), and each compressed copy is fine-tuned with the paper's recipe
-(SGD momentum, lr 1e-3) for a short budget. ``configs/demo.yaml`` is this config as a
+(SGD momentum, lr 1e-3) for a short budget. ALS and EPC run at most 100 and 30 sweeps
+(library defaults 200 and 50) to keep the whole demo within minutes on 2 CPU cores. ``configs/demo.yaml`` is this config as a
 file; ``quick=True`` is the test suite's tiny budget (a few steps, two layers).
 """
 
@@ -33,12 +34,14 @@ DEMO = {
         "strategy": "flops",
         "target_reduction": 3.0,
         "one_by_one": "keep",
+        "als": {"max_iter": 100},
+        "epc": {"max_iter": 30},
     },
     "finetune": {
         "steps": 50,
         "learning_rate": 1e-3,
         "schedule": "constant",
-        "eval_every": 10,
+        "eval_every": 25,
         "log_every": 10,
     },
     "speed": {"batch_size": 32, "repeats": 5},
