@@ -26,9 +26,10 @@ def khatri_rao(mats):
 
 def reconstruct(factors):
     """Unchecked :func:`cp_reconstruct` for internal use on trusted factors."""
-    first, rest = factors[0], factors[1:]
+    # The Khatri-Rao product of all but the last mode is (D^2 S, R) for a conv kernel;
+    # that of all but the first would be (S T, R), hundreds of MB for 512x512 kernels.
     shape = tuple(f.shape[0] for f in factors)
-    return (first @ khatri_rao(rest).T).reshape(shape)
+    return (khatri_rao(factors[:-1]) @ factors[-1].T).reshape(shape)
 
 
 def cp_reconstruct(factors):

@@ -5,8 +5,9 @@ scratch on the 4,000 training digits of ``mnist-subset``, every ``3 x 3`` conv b
 stem is compressed by each method at the same 3x whole-model FLOP reduction
 (``plan_for_flops``), and each compressed copy is fine-tuned with the paper's recipe
 (SGD momentum, lr 1e-3) for a short budget. ALS and EPC run at most 100 and 30 sweeps
-(library defaults 200 and 50) to keep the whole demo within minutes on 2 CPU cores. ``configs/demo.yaml`` is this config as a
-file; ``quick=True`` is the test suite's tiny budget (a few steps, two layers).
+(library defaults 200 and 50) to keep the whole demo within minutes on 2 CPU cores.
+``configs/demo.yaml`` is this config as a file; ``quick=True`` is the test suite's
+tiny budget (a few steps, two layers).
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ def test_shipped_configs_load_and_state_their_command(path):
 
 
 @pytest.mark.parametrize(
-    ("name", "eps"), [("resnet18_imagenet", 0.00325), ("resnet50_imagenet", 0.0028), ("vgg16_imagenet", 0.005)]
+    ("name", "eps"),
+    [("resnet18_imagenet", 0.00325), ("resnet50_imagenet", 0.0028), ("vgg16_imagenet", 0.005)],
 )
 def test_imagenet_configs_use_the_papers_eps(name, eps):
     """Table 1's accuracy-drop thresholds."""

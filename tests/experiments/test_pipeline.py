@@ -13,7 +13,7 @@ from jaxcpd.experiments.pipeline import load_base_model
 
 TINY = {
     "name": "tiny",
-    "model": {"arch": "resnet18", "small_input": True, "width": 4},
+    "model": {"arch": "resnet18", "small_input": True, "width": 8},  # the width of the other end-to-end tests
     "data": {"name": "mnist-subset", "batch_size": 32, "eval_batch_size": 500},
     "finetune": {"steps": 1, "log_every": 1},
     "speed": {"repeats": 0},
@@ -91,7 +91,7 @@ def test_rank_search_strategy_end_to_end_and_resume(tmp_path, monkeypatch):
     assert search["ranks"] == {"layer1.1.conv2": 1}
     hi = search["bounds"]["layer1.1.conv2"][1]
     # Halving [1, hi] with every probe passing: floor/ceil(log2(hi)) probes, all at or below the midpoints.
-    assert hi == 4 * 4 * 9 // (9 + 4 + 4)  # the largest CP rank with no more weights than the 3x3x4x4 kernel
+    assert hi == 8 * 8 * 9 // (9 + 8 + 8)  # the largest CP rank with no more weights than the 3x3x8x8 kernel
     assert len(calls) in (int(np.floor(np.log2(hi))), int(np.ceil(np.log2(hi))))
     saved = json.loads((run / "cpd" / "model" / "model.json").read_text())
     assert saved["plan"] == {"layer1.1.conv2": {"method": "cpd", "rank": 1}}
