@@ -64,7 +64,8 @@ def test_rank_search_strategy_end_to_end_and_resume(tmp_path, monkeypatch):
         f"output={tmp_path / 'run'}",
         "compression.methods=[cpd]",
         "compression.strategy=rank_search",
-        "compression.layers=[layer1.1.conv2]",
+        "compression.include_first=true",
+        "compression.layers=[conv1]",  # the 3x3x1x8 stem: ranks 1..4, two probes
         "compression.eps=1.0",  # every rank passes: the search must end at rank 1
         "compression.search_steps=0",
         "compression.search_eval_batches=1",
@@ -88,13 +89,13 @@ def test_rank_search_strategy_end_to_end_and_resume(tmp_path, monkeypatch):
     summary = run_experiment(config, progress=False, log=lambda _: None)
     run = tmp_path / "run"
     search = json.loads((run / "cpd" / "rank_search_cpd.json").read_text())
-    assert search["ranks"] == {"layer1.1.conv2": 1}
-    hi = search["bounds"]["layer1.1.conv2"][1]
+    assert search["ranks"] == {"conv1": 1}
+    hi = search["bounds"]["conv1"][1]
     # Halving [1, hi] with every probe passing: floor/ceil(log2(hi)) probes, all at or below the midpoints.
-    assert hi == 8 * 8 * 9 // (9 + 8 + 8)  # the largest CP rank with no more weights than the 3x3x8x8 kernel
+    assert hi == 1 * 8 * 9 // (9 + 1 + 8)  # the largest CP rank with no more weights than the 3x3x1x8 kernel
     assert len(calls) in (int(np.floor(np.log2(hi))), int(np.ceil(np.log2(hi))))
     saved = json.loads((run / "cpd" / "model" / "model.json").read_text())
-    assert saved["plan"] == {"layer1.1.conv2": {"method": "cpd", "rank": 1}}
+    assert saved["plan"] == {"conv1": {"method": "cpd", "rank": 1}}
     assert summary.methods[0].layers == 1
     assert (run / "rank_search.png").is_file()
     calls.clear()

@@ -1,4 +1,5 @@
-"""Paper section 3 step 4 on the embedded data: fine-tuning a compressed network recovers its accuracy."""
+"""On the embedded data: a small-input ResNet trained from scratch reaches a sane accuracy, and
+fine-tuning a compressed copy recovers most of the drop (paper section 3, step 4)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from flax import nnx
 
 import jaxcpd
 from jaxcpd.models import resnet18
-from jaxcpd.train import SCRATCH_CONFIG, TrainConfig, evaluate, finetune, load
+from jaxcpd.train import SCRATCH_CONFIG, TrainConfig, evaluate, finetune, load, train_from_scratch
 
 # A width-8 small-input ResNet-18 trained 60 steps of 32 digits; layer3 and layer4's
 # 3x3 convs (2/3 of its FLOPs) replaced by CPD-EPC blocks keeping 1/5 of their weights;
@@ -21,8 +22,11 @@ BASE_STEPS, FINETUNE_STEPS, BATCH = 60, 30, 32
 def test_finetuning_a_compressed_copy_recovers_most_of_the_drop(mnist_test):
     train = load("mnist-subset", "train", batch_size=BATCH)
     model = resnet18(10, small_input=True, in_channels=1, width=8, rngs=nnx.Rngs(0))
-    scratch = dataclasses.replace(SCRATCH_CONFIG, steps=BASE_STEPS, learning_rate=0.05, progress=False)
-    model, _ = finetune(model, train, None, scratch)
+    scratch = dataclasses.replace(
+        SCRATCH_CONFIG, steps=BASE_STEPS, learning_rate=0.05, log_every=20, progress=False
+    )
+    model, history = train_from_scratch(model, train, None, scratch)
+    assert history[-1]["loss"] < history[0]["loss"]
     dense = evaluate(model, mnist_test)["top1"]
 
     plan = {
