@@ -100,7 +100,7 @@ def save_compressed(path, model, plan: dict[str, LayerPlan], *, arch: dict) -> P
       The directory.
     """
     path = Path(path).absolute()
-    build_model(arch)  # validates the spec before anything is written
+    nnx.eval_shape(lambda: build_model(arch))  # validates the spec (no weights) before anything is written
     if any(entry.error_bound is not None for entry in plan.values()):
         raise ValueError("plan has error bounds; pass report.concrete_plan() so the ranks are saved")
     path.mkdir(parents=True, exist_ok=True)
