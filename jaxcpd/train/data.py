@@ -155,6 +155,8 @@ def _tfds_source(name: str, split: str, data_dir: str | None) -> Sequence:
 
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    # tfds signals "not prepared as array_record" (also a data set not prepared at all,
+    # whose default format is tfrecord) with NotImplementedError from its builder.
     except (NotImplementedError, FileNotFoundError, ValueError) as err:
         builder = tfds.builder(name, data_dir=data_dir)
         if builder.is_prepared() and not isinstance(err, NotImplementedError):
