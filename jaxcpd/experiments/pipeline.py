@@ -76,7 +76,7 @@ def load_base_model(config: ExperimentConfig) -> tuple[nnx.Module, dict]:
             raise FileNotFoundError(f"model.weights: file not found: {path}")
         if path.is_dir():
             model = load_compressed(path)
-            if any(True for _ in _compressed_layers(model)):
+            if _has_compressed_layers(model):
                 raise ValueError(f"model.weights: {path} holds a compressed model; give the dense one")
             return model, arch
     model = build_model(arch, seed=config.seed)
@@ -85,9 +85,9 @@ def load_base_model(config: ExperimentConfig) -> tuple[nnx.Module, dict]:
     return model, arch
 
 
-def _compressed_layers(model):
+def _has_compressed_layers(model) -> bool:
     blocks = (CPConv, SVDConv, SVDDense, TKDCPConv, Tucker2Conv)
-    return (m for _, m in nnx.iter_graph(model) if isinstance(m, blocks))
+    return any(isinstance(m, blocks) for _, m in nnx.iter_graph(model))
 
 
 def load_data(config: ExperimentConfig):
@@ -329,8 +329,6 @@ def run_experiment(
         )
         decompose_seconds = time.perf_counter() - start
         report.save_json(method_dir / "report.json")
-        report.save_csv(method_dir / "report.csv")
-        (method_dir / "report.md").write_text(report.table() + "\n")
         before = evaluate(compressed, test)
         log(
             f"[{index + 1}/{len(config.compression.methods)}] {method}: top-1 {before['top1']:.4f} "

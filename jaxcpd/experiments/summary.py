@@ -94,11 +94,10 @@ class RunSummary:
         return cls(**data)
 
     def save(self, run_dir) -> Path:
-        """Writes ``summary.json`` and ``summary.md`` into ``run_dir``."""
-        run_dir = Path(run_dir)
-        (run_dir / "summary.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        (run_dir / "summary.md").write_text(self.table() + "\n")
-        return run_dir / "summary.json"
+        """Writes ``summary.json`` into ``run_dir`` (:func:`render_run` writes the tables and plots)."""
+        path = Path(run_dir) / "summary.json"
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
 
     @classmethod
     def load(cls, run_dir) -> RunSummary:
