@@ -193,7 +193,7 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
 
     def body(state):
         it, factors, value, _, slack, hist = state
-        factors, _, _ = dimension_tree_sweep(x, norm_sq, factors, update, slack)
+        factors, _, _, _ = dimension_tree_sweep(x, norm_sq, factors, update, slack)
         factors = balance(factors)
         # The residual is formed explicitly once per sweep, so the slack that the next
         # sweep starts from is exact, not a running sum of rounded updates.

@@ -16,8 +16,18 @@ def _sq_norms(factors):
     return jnp.stack([jnp.sum(f * f, axis=0) for f in factors])
 
 
-def khatri_rao(mats):
-    """Column-wise Kronecker product, first matrix varying slowest: ``(prod I_n, R)``."""
+def khatri_rao(mats, *, transposed=False):
+    """Column-wise Kronecker product, first matrix varying slowest: ``(prod I_n, R)``.
+
+    With ``transposed=True`` the result is its transpose ``(R, prod I_n)``, formed in
+    that layout: as the left operand of a GEMM it then needs no transposed copy
+    (XLA:CPU runs ``khatri_rao(...).T @ X`` on a slower GEMM path than this).
+    """
+    if transposed:
+        out = mats[0].T
+        for m in mats[1:]:
+            out = (out[:, :, None] * m.T[:, None, :]).reshape(m.shape[1], -1)
+        return out
     out = mats[0]
     for m in mats[1:]:
         out = (out[:, None, :] * m[None, :, :]).reshape(-1, m.shape[1])

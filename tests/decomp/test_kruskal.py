@@ -101,3 +101,14 @@ def test_jit_and_vmap():
 def test_bad_factors(factors, match):
     with pytest.raises(ValueError, match=match):
         jaxcpd.cp_sensitivity(factors)
+
+
+def test_khatri_rao_matches_tensorly_in_both_layouts():
+    from tensorly.tenalg import khatri_rao as tl_khatri_rao
+
+    from jaxcpd.decomp.kruskal import khatri_rao
+
+    mats = random_factors((3, 4, 5), 6, seed=7)
+    expected = tl_khatri_rao([np.asarray(m) for m in mats])
+    np.testing.assert_allclose(khatri_rao(mats), expected, rtol=1e-6)
+    np.testing.assert_allclose(khatri_rao(mats, transposed=True), expected.T, rtol=1e-6)
