@@ -11,6 +11,13 @@ with the others fixed, and weights ``w_r`` (eq. 11), set ``A~ = A diag(w)``,
 a least-norm problem over a ball ("quadratic programming over a sphere", ref. [43])
 whose solution is ``y_r = b_r mu e_r / (1 + mu e_r)``, with the scalar ``mu >= 0``
 the root of the secular equation ``sum_r |b_r|^2 / (1 + mu e_r)^2 = rho^2``.
+
+The implementation never forms ``Q``: back in the original variables the solution
+is ``A~(mu) = mu G (I + mu Gamma)^-1``, and Newton's method on the secular equation
+needs one Cholesky factorisation of ``I + mu Gamma`` per step (2-4 steps from the
+previous sweep's ``mu``). An R x R eigendecomposition costs 15-20 Cholesky
+factorisations on CPU (19 ms vs 1.1 ms at R = 500), so this made the EPC sweep
+1.6-3x faster on kernels up to 128 channels and left it unchanged at 512.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.scipy.linalg import cho_solve, solve_triangular
 
 from ._checks import as_float_array, check_factors, check_positive_int, check_tol, is_concrete
 from .cp_als import dimension_tree_sweep
@@ -28,9 +36,9 @@ from .kruskal import balance, reconstruct, sensitivity
 
 OBJECTIVES = ("sensitivity", "intensity")
 
-# Iterations of the monotone Newton method on the secular equation; it converges
-# from the left, quadratically once near the root, so this is ample in float64.
-_SECULAR_STEPS = 40
+# Cap on the Newton steps of one factor update; from a warm start they take 2-4
+# (measured on 9x64x64 .. 9x128x128 CPDs), from mu = 0 at most 5.
+_NEWTON_STEPS = 30
 
 
 class EPCHistory(NamedTuple):
@@ -79,33 +87,27 @@ def epc_weights(factors, mode, objective):
     return jnp.prod(others, axis=0)
 
 
-def solve_secular(beta, e, rho):
-    """Root ``mu >= 0`` of ``sum_r beta_r / (1 + mu e_r)^2 = rho^2``.
-
-    Newton's method on ``h(mu) = 1/g(mu) - 1/rho``, ``g(mu)^2`` the left-hand side:
-    h is concave and increasing (Moré & Sorensen's trust-region secular function),
-    so the iterates started at 0 increase monotonically to the root without
-    overshooting. Assumes ``0 < rho^2 < sum(beta)``.
-    """
-
-    def step(_, mu):
-        d = 1.0 + mu * e
-        g_sq = jnp.sum(beta / (d * d))
-        s3 = jnp.sum(beta * e / (d * d * d))
-        g = jnp.sqrt(g_sq)
-        return mu + jnp.where(s3 > 0, (g / rho - 1.0) * g_sq / jnp.where(s3 > 0, s3, 1.0), 0.0)
-
-    return lax.fori_loop(0, _SECULAR_STEPS, step, jnp.zeros((), beta.dtype))
+def _jittered_cholesky(m):
+    """Lower Cholesky factor of ``m + eps * trace(m) / r * I`` (PSD ``m``, possibly singular)."""
+    r = m.shape[0]
+    eps = jnp.finfo(m.dtype).eps
+    jitter = eps * jnp.trace(m) / r + jnp.finfo(m.dtype).tiny
+    return jnp.linalg.cholesky(m + jitter * jnp.eye(r, dtype=m.dtype))
 
 
-def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0):
+def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0.0):
     """Exact minimiser of eq. 11/12 for one factor (the others fixed).
 
-    The ball radius is formed from the current point instead of from
-    ``delta^2 - |K|^2 + |b|^2``: ``rho^2 = |Y_cur - b|^2 + slack`` with
-    ``slack = delta^2 - ||K - K^_cur||^2`` carried from update to update. Both terms
-    are small numbers computed directly, so float32 keeps the bound to a few ulps of
-    ``|K|`` rather than losing half the digits to ``|K|^2 - |b|^2``.
+    In the weighted variables ``A~ = A diag(w)``, ``Gamma`` and ``G`` of the module
+    docstring, the minimisers over the error ball form the path
+    ``A~(mu) = mu G (I + mu Gamma)^-1``, ``mu >= 0`` (``mu = 0``: zero factor; ``mu -> oo``:
+    least squares). The update is the point of the path on the sphere
+    ``|Y - b|^2 = rho^2``, found by Newton's method on the secular function
+    ``1/sqrt(s(mu)) - 1/rho`` with ``s(mu) = |Y(mu) - b|^2`` (Moré & Sorensen): one
+    Cholesky factorisation of ``I + mu Gamma`` per step, no eigendecomposition; from
+    the previous sweep's ``mu`` it takes 2-4 steps. ``s`` is tracked as ``s(mu_cur)``
+    plus the exact change of the squared error, ``<A~ - A~_cur, R_cur + R(mu)>`` with
+    ``R = A~ Gamma - G``, so the bound never depends on ``|K|^2 - |b|^2``.
 
     Args:
       current: ``(I, R)`` current factor, kept when the ball is empty (``rho^2 < 0``).
@@ -115,43 +117,90 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0):
       slack: ``delta^2`` minus the current squared error.
       margin: the ball radius is reduced by this much (absolute), so that rounding
         in the factor's entries cannot push the error past the bound.
+      mu: starting multiplier (the last one found for this mode); 0 is always safe.
 
     Returns:
-      ``(new factor, new slack)``.
+      ``(new factor, new slack, mu)``.
     """
     dtype = current.dtype
     eps = jnp.finfo(dtype).eps
+    tiny = jnp.finfo(dtype).tiny
     r = gram.shape[0]
     w = jnp.sqrt(weights_sq)
     winv = jnp.where(w > 0, 1.0 / jnp.where(w > 0, w, 1.0), 0.0)
     gamma = gram * winv[:, None] * winv[None, :]
-    e, q = jnp.linalg.eigh(gamma)
-    keep = e > r * eps * jnp.maximum(jnp.max(e), 0.0)
-    e_safe = jnp.where(keep, e, 1.0)
-    root = jnp.where(keep, jnp.sqrt(e_safe), 0.0)
-    inv_root = jnp.where(keep, lax.rsqrt(e_safe), 0.0)
-    b = ((mttkrp * winv) @ q) * inv_root
-    y_cur = ((current * w) @ q) * root
-    rho_sq = jnp.sum((y_cur - b) ** 2) + slack
-    beta = jnp.sum(b * b, axis=0)
-    b_sq = jnp.sum(beta)
-    inside = (rho_sq > 0) & (rho_sq < b_sq)
-    rho = jnp.sqrt(jnp.where(inside, rho_sq, 0.5 * b_sq)) - margin
-    at_ls = rho <= 0
-    mu = solve_secular(beta, jnp.where(keep, e, 0.0), jnp.where(at_ls, 1.0, rho))
-    # y_r - b_r = -b_r / (1 + mu e_r): formed directly, no cancellation.
-    resid = jnp.where(inside, jnp.where(at_ls, 0.0, 1.0 / (1.0 + mu * e_safe)), 1.0)
-    y = b * (1.0 - resid)
-    new = ((y * inv_root) @ q.T) * winv
-    new_slack = rho_sq - jnp.sum(beta * resid * resid)
-    empty = rho_sq < 0
-    return jnp.where(empty, current, new).astype(dtype), jnp.where(empty, slack, new_slack)
+    g = mttkrp * winv
+    a_cur = current * w
+    r_cur = a_cur @ gamma - g
+    eye = jnp.eye(r, dtype=dtype)
+
+    def error_change(a_new):
+        """``|K - K^(a_new)|^2 - |K - K^(a_cur)|^2``: exact for a quadratic, no cancellation."""
+        return jnp.sum((a_new - a_cur) * (r_cur + a_new @ gamma - g))
+
+    # The two ends of the path, tested exactly: the zero factor, and least squares
+    # (Gamma may be singular; the jitter leaves a point at most a few ulps worse).
+    a_ls = cho_solve((_jittered_cholesky(gamma), True), g.T).T
+    change_ls = error_change(a_ls)
+    change_zero = error_change(jnp.zeros_like(a_cur))
+    empty = change_ls > slack
+    zero = ~empty & (change_zero <= slack)
+    # s(mu) = |Y(mu) - b|^2 = E(mu) - E_ls, measured from the least-squares point.
+    s_cur = jnp.maximum(-change_ls, 0.0)
+    rho = jnp.sqrt(jnp.maximum(s_cur + slack, 0.0)) - margin
+    at_ls = ~empty & ~zero & (rho <= 0)
+    newton = ~empty & ~zero & ~at_ls
+    rho = jnp.where(newton, rho, 1.0)
+
+    def evaluate(m):
+        """Path point at multiplier ``m``: ``(A~, error change, s, s3 = -s'/2)``."""
+        chol = jnp.linalg.cholesky(eye + m * gamma)
+        z = cho_solve((chol, True), g.T).T
+        # A~ Gamma - G = -z on the path.
+        change = jnp.sum((m * z - a_cur) * (r_cur - z))
+        s3 = jnp.sum(solve_triangular(chol, z.T, lower=True) ** 2)
+        return m * z, change, jnp.maximum(s_cur + change, tiny), s3
+
+    def newton_step(m, s, s3):
+        step = s * (jnp.sqrt(s) / rho - 1.0) / jnp.where(s3 > 0, s3, 1.0)
+        return jnp.maximum(m + jnp.where(s3 > 0, step, 0.0), 0.0)
+
+    # Stop once s is within half the margin's share of the sphere (or a few ulps of
+    # it): the iterates approach from the outside, so this keeps the bound, and in
+    # float32 s is not known much better than that.
+    s_tol = rho * margin + 16 * eps * rho * rho
+
+    def cond(state):
+        it, m, _, _, m_next, s = state
+        far = jnp.abs(s - rho * rho) > s_tol
+        return newton & (it < _NEWTON_STEPS) & far & (jnp.abs(m_next - m) > 4 * eps * m_next)
+
+    def body(state):
+        it, _, _, _, m, _ = state
+        a_new, change, s, s3 = evaluate(m)
+        return it + 1, m, a_new, change, newton_step(m, s, s3), s
+
+    mu = jnp.where(newton, jnp.asarray(mu, dtype), 0.0)
+    a0, change0, s0, s30 = evaluate(mu)
+    state = (jnp.ones((), jnp.int32), mu, a0, change0, newton_step(mu, s0, s30), s0)
+    _, mu, a_path, change_path, _, _ = lax.while_loop(cond, body, state)
+
+    a_new = jnp.where(zero, 0.0, jnp.where(at_ls, a_ls, a_path))
+    change = jnp.where(zero, change_zero, jnp.where(at_ls, change_ls, change_path))
+    new = (a_new * winv).astype(dtype)
+    return (
+        jnp.where(empty, current, new),
+        jnp.where(empty, slack, slack - change),
+        jnp.where(newton, mu, 0.0),
+    )
 
 
 def _epc_update(objective, margin):
-    def update(n, factors, gram, mttkrp, slack):
+    def update(n, factors, gram, mttkrp, carry):
+        slack, mus = carry
         weights_sq = epc_weights(factors, n, objective)
-        return epc_factor_update(factors[n], weights_sq, gram, mttkrp, slack, margin)
+        new, slack, mu = epc_factor_update(factors[n], weights_sq, gram, mttkrp, slack, margin, mus[n])
+        return new, (slack, mus.at[n].set(mu))
 
     return update
 
@@ -184,7 +233,7 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
         )
 
     def cond(state):
-        it, _, value, prev, slack, _ = state
+        it, _, value, prev, slack, _, _ = state
         change = jnp.abs(prev - value) / jnp.maximum(jnp.abs(prev), jnp.finfo(x.dtype).tiny)
         # Keep going while the objective moves, and while a sweep left the model just
         # outside the bound (rounding) and the next one can still move it back.
@@ -192,22 +241,23 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
         return (it < max_iter) & ((it < 1) | moving)
 
     def body(state):
-        it, factors, value, _, slack, hist = state
-        factors, _, _, _ = dimension_tree_sweep(x, norm_sq, factors, update, slack)
+        it, factors, value, _, slack, mus, hist = state
+        factors, _, (_, mus), _ = dimension_tree_sweep(x, norm_sq, factors, update, (slack, mus))
         factors = balance(factors)
         # The residual is formed explicitly once per sweep, so the slack that the next
         # sweep starts from is exact, not a running sum of rounded updates.
         err = jnp.linalg.norm(x - reconstruct(factors))
         slack = slack_of(err)
-        return it + 1, factors, measure(factors), value, slack, record(hist, it + 1, factors, err)
+        return it + 1, factors, measure(factors), value, slack, mus, record(hist, it + 1, factors, err)
 
     factors = balance(factors)
     zeros = jnp.zeros((max_iter + 1,), x.dtype)
     err = jnp.linalg.norm(x - reconstruct(factors))
     hist = record(EPCHistory(zeros, zeros, zeros), 0, factors, err)
     start = measure(factors)
-    state = (jnp.zeros((), jnp.int32), factors, start, start, slack_of(err), hist)
-    n_iter, factors, _, _, _, hist = lax.while_loop(cond, body, state)
+    mus = jnp.zeros((x.ndim,), x.dtype)
+    state = (jnp.zeros((), jnp.int32), factors, start, start, slack_of(err), mus, hist)
+    n_iter, factors, _, _, _, _, hist = lax.while_loop(cond, body, state)
     valid = jnp.arange(max_iter + 1) <= n_iter
     hist = EPCHistory(*(jnp.where(valid, h, h[n_iter]) for h in hist))
     return EPCResult(factors, hist.rel_error[n_iter], sensitivity(factors), n_iter, hist)

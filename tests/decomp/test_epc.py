@@ -108,7 +108,7 @@ def test_factor_update_is_exact_minimiser(objective, slack_scale, x64):
     cur_err_sq = np.sum((x1 - a @ z.T) ** 2)
     delta_sq = cur_err_sq + slack_scale * cur_err_sq
     w_sq = np.asarray(epc_weights((jnp.asarray(a), jnp.asarray(b), jnp.asarray(c)), 0, objective))
-    new, _ = epc_factor_update(
+    new, _, _ = epc_factor_update(
         jnp.asarray(a),
         jnp.asarray(w_sq),
         jnp.asarray(z.T @ z),
