@@ -155,12 +155,10 @@ def _tfds_source(name: str, split: str, data_dir: str | None) -> Sequence:
 
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    # tfds signals "not prepared as array_record" (also a data set not prepared at all,
-    # whose default format is tfrecord) with NotImplementedError from its builder.
-    except (NotImplementedError, FileNotFoundError, ValueError) as err:
+    except (RuntimeError, OSError, ValueError) as err:
         builder = tfds.builder(name, data_dir=data_dir)
-        if builder.is_prepared() and not isinstance(err, NotImplementedError):
-            raise  # a real problem with a prepared data set, e.g. a bad split name
+        if builder.is_prepared() and builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+            raise  # a real problem with a prepared random-access data set, e.g. a bad split name
         raise DatasetNotPreparedError(_prepare_instructions(name, data_dir)) from err
 
 
