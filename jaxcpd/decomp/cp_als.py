@@ -51,7 +51,7 @@ class CPResult(NamedTuple):
     errors: jax.Array
 
 
-def _gram_solve(gram, mttkrp):
+def gram_solve(gram, mttkrp):
     """Solves ``F @ gram = mttkrp`` for F with a jittered Cholesky factor."""
     r = gram.shape[0]
     eps = jnp.finfo(gram.dtype).eps
@@ -129,7 +129,7 @@ def _als_update(last):
     """ALS rule: least-squares factor; left modes column-normalised, the last keeps the scale."""
 
     def update(n, factors, gram, mttkrp, carry):
-        f = _gram_solve(gram, mttkrp)
+        f = gram_solve(gram, mttkrp)
         return (f if n == last else _normalize(f)), carry
 
     return update

@@ -31,7 +31,7 @@ from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
 from ._checks import as_float_array, check_factors, check_positive_int, check_tol, is_concrete
-from .cp_als import dimension_tree_sweep
+from .cp_als import dimension_tree_sweep, gram_solve
 from .kruskal import balance, reconstruct, sensitivity
 
 OBJECTIVES = ("sensitivity", "intensity")
@@ -87,14 +87,6 @@ def epc_weights(factors, mode, objective):
     return jnp.prod(others, axis=0)
 
 
-def _jittered_cholesky(m):
-    """Lower Cholesky factor of ``m + eps * trace(m) / r * I`` (PSD ``m``, possibly singular)."""
-    r = m.shape[0]
-    eps = jnp.finfo(m.dtype).eps
-    jitter = eps * jnp.trace(m) / r + jnp.finfo(m.dtype).tiny
-    return jnp.linalg.cholesky(m + jitter * jnp.eye(r, dtype=m.dtype))
-
-
 def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0.0):
     """Exact minimiser of eq. 11/12 for one factor (the others fixed).
 
@@ -134,15 +126,16 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     r_cur = a_cur @ gamma - g
     eye = jnp.eye(r, dtype=dtype)
 
-    def error_change(a_new):
-        """``|K - K^(a_new)|^2 - |K - K^(a_cur)|^2``: exact for a quadratic, no cancellation."""
-        return jnp.sum((a_new - a_cur) * (r_cur + a_new @ gamma - g))
+    def error_change(a_new, r_new):
+        """``|K - K^(a_new)|^2 - |K - K^(a_cur)|^2`` from the two points and their residuals
+        ``R = A~ Gamma - G``: exact for a quadratic, no cancellation."""
+        return jnp.sum((a_new - a_cur) * (r_cur + r_new))
 
     # The two ends of the path, tested exactly: the zero factor, and least squares
     # (Gamma may be singular; the jitter leaves a point at most a few ulps worse).
-    a_ls = cho_solve((_jittered_cholesky(gamma), True), g.T).T
-    change_ls = error_change(a_ls)
-    change_zero = error_change(jnp.zeros_like(a_cur))
+    a_ls = gram_solve(gamma, g)
+    change_ls = error_change(a_ls, a_ls @ gamma - g)
+    change_zero = error_change(0.0, -g)
     empty = change_ls > slack
     zero = ~empty & (change_zero <= slack)
     # s(mu) = |Y(mu) - b|^2 = E(mu) - E_ls, measured from the least-squares point.
@@ -151,20 +144,6 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     at_ls = ~empty & ~zero & (rho <= 0)
     newton = ~empty & ~zero & ~at_ls
     rho = jnp.where(newton, rho, 1.0)
-
-    def evaluate(m):
-        """Path point at multiplier ``m``: ``(A~, error change, s, s3 = -s'/2)``."""
-        chol = jnp.linalg.cholesky(eye + m * gamma)
-        z = cho_solve((chol, True), g.T).T
-        # A~ Gamma - G = -z on the path.
-        change = jnp.sum((m * z - a_cur) * (r_cur - z))
-        s3 = jnp.sum(solve_triangular(chol, z.T, lower=True) ** 2)
-        return m * z, change, jnp.maximum(s_cur + change, tiny), s3
-
-    def newton_step(m, s, s3):
-        step = s * (jnp.sqrt(s) / rho - 1.0) / jnp.where(s3 > 0, s3, 1.0)
-        return jnp.maximum(m + jnp.where(s3 > 0, step, 0.0), 0.0)
-
     # Stop once s is within half the margin's share of the sphere (or a few ulps of
     # it): the iterates approach from the outside, so this keeps the bound, and in
     # float32 s is not known much better than that.
@@ -173,16 +152,23 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     def cond(state):
         it, m, _, _, m_next, s = state
         far = jnp.abs(s - rho * rho) > s_tol
-        return newton & (it < _NEWTON_STEPS) & far & (jnp.abs(m_next - m) > 4 * eps * m_next)
+        moving = jnp.abs(m_next - m) > 4 * eps * m_next
+        return newton & (it < _NEWTON_STEPS) & ((it == 0) | (far & moving))
 
     def body(state):
+        """Evaluates the path at ``m`` (one Cholesky of ``I + m Gamma``), proposes the next ``m``."""
         it, _, _, _, m, _ = state
-        a_new, change, s, s3 = evaluate(m)
-        return it + 1, m, a_new, change, newton_step(m, s, s3), s
+        chol = jnp.linalg.cholesky(eye + m * gamma)
+        z = cho_solve((chol, True), g.T).T  # on the path A~ = m z and A~ Gamma - G = -z
+        change = error_change(m * z, -z)
+        s = jnp.maximum(s_cur + change, tiny)
+        s3 = jnp.sum(solve_triangular(chol, z.T, lower=True) ** 2)  # -s'(m) / 2
+        step = s * (jnp.sqrt(s) / rho - 1.0) / jnp.where(s3 > 0, s3, 1.0)
+        m_next = jnp.maximum(m + jnp.where(s3 > 0, step, 0.0), 0.0)
+        return it + 1, m, m * z, change, m_next, s
 
-    mu = jnp.where(newton, jnp.asarray(mu, dtype), 0.0)
-    a0, change0, s0, s30 = evaluate(mu)
-    state = (jnp.ones((), jnp.int32), mu, a0, change0, newton_step(mu, s0, s30), s0)
+    start = jnp.where(newton, jnp.asarray(mu, dtype), 0.0)
+    state = (jnp.zeros((), jnp.int32), start, jnp.zeros_like(a_cur), jnp.zeros((), dtype), start, slack)
     _, mu, a_path, change_path, _, _ = lax.while_loop(cond, body, state)
 
     a_new = jnp.where(zero, 0.0, jnp.where(at_ls, a_ls, a_path))

@@ -23,14 +23,13 @@ def khatri_rao(mats, *, transposed=False):
     that layout: as the left operand of a GEMM it then needs no transposed copy
     (XLA:CPU runs ``khatri_rao(...).T @ X`` on a slower GEMM path than this).
     """
-    if transposed:
-        out = mats[0].T
-        for m in mats[1:]:
-            out = (out[:, :, None] * m.T[:, None, :]).reshape(m.shape[1], -1)
-        return out
-    out = mats[0]
+    rank = mats[0].shape[1]
+    rows = 1 if transposed else 0  # the axis that runs over prod I_n
+    shape = (rank, -1) if transposed else (-1, rank)
+    out = mats[0].T if transposed else mats[0]
     for m in mats[1:]:
-        out = (out[:, None, :] * m[None, :, :]).reshape(-1, m.shape[1])
+        m = m.T if transposed else m
+        out = (jnp.expand_dims(out, rows + 1) * jnp.expand_dims(m, rows)).reshape(shape)
     return out
 
 
