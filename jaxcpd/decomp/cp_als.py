@@ -27,7 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.linalg import cho_factor, cho_solve
+from jax.scipy.linalg import cho_solve
 
 from ._checks import as_float_array, check_factors, check_positive_int, check_tol
 from ._sum import pairwise_sum
@@ -51,13 +51,42 @@ class CPResult(NamedTuple):
     errors: jax.Array
 
 
-def gram_solve(gram, mttkrp):
-    """Solves ``F @ gram = mttkrp`` for F with a jittered Cholesky factor."""
+def psd_cholesky(gram):
+    """Lower Cholesky factor of ``gram + jitter * I`` for a symmetric PSD ``gram``.
+
+    The jitter starts at ``eps * trace / R`` (an ulp of
+    the mean eigenvalue, which leaves the least-squares fit unchanged) and grows
+    100x until the factorisation succeeds. Rounding in a Hadamard product of Gram
+    matrices leaves a singular one (two equal columns, e.g. a CPD with a repeated
+    or diverging pair of terms) with eigenvalues a few ``eps * trace`` below zero,
+    where LAPACK's Cholesky fails and returns NaN. The loop body runs only then, so
+    the common case costs one factorisation, also under ``vmap``.
+    """
     r = gram.shape[0]
-    eps = jnp.finfo(gram.dtype).eps
-    jitter = eps * jnp.trace(gram) / r + jnp.finfo(gram.dtype).tiny
-    chol = cho_factor(gram + jitter * jnp.eye(r, dtype=gram.dtype), lower=True)
-    return cho_solve(chol, mttkrp.T).T
+    dtype = gram.dtype
+    scale = jnp.trace(gram) / r + jnp.finfo(dtype).tiny
+    eye = jnp.eye(r, dtype=dtype)
+
+    def factor(jitter):
+        return jnp.linalg.cholesky(gram + jitter * eye)
+
+    def failed(state):
+        jitter, chol = state
+        return ~jnp.all(jnp.isfinite(chol)) & (jitter < scale)
+
+    def retry(state):
+        jitter = 100.0 * state[0]
+        return jitter, factor(jitter)
+
+    # At most log_100(1 / eps) + 1 retries (5 in float32): the last jitter exceeds the
+    # mean eigenvalue. A non-finite Gram stays NaN, for the caller to see.
+    jitter = jnp.finfo(dtype).eps * scale + jnp.finfo(dtype).tiny
+    return lax.while_loop(failed, retry, (jitter, factor(jitter)))[1]
+
+
+def gram_solve(gram, mttkrp):
+    """Solves ``F @ gram = mttkrp`` for F with a jittered Cholesky factor (``psd_cholesky``)."""
+    return cho_solve((psd_cholesky(gram), True), mttkrp.T).T
 
 
 def _normalize(f):

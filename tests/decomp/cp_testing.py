@@ -22,3 +22,18 @@ def full(factors):
     f64 = [np.asarray(f, np.float64) for f in factors]
     letters = "abcdefgh"[: len(f64)]
     return np.einsum(",".join(f"{c}r" for c in letters) + "->" + letters, *f64)
+
+
+def degenerate_cpd(seed=3, big=100.0, gap=1e-3):
+    """A rank-5 tensor plus noise, and a rank-7 CPD of it with two huge, nearly cancelling terms.
+
+    The two extra terms share their B and C columns, so every Hadamard Gram of the
+    CPD is singular.
+    """
+    rng = np.random.default_rng(seed)
+    a, b, c = random_factors((9, 16, 16), 5, seed=seed)
+    x = full((a, b, c)) + 0.05 * rng.standard_normal((9, 16, 16))
+    u, v, w = (rng.standard_normal((n, 1)) for n in (9, 16, 16))
+    u2 = u + gap * rng.standard_normal((9, 1))
+    a7 = np.hstack([a, big * u, -big * u2])
+    return x.astype(np.float32), (a7.astype(np.float32), np.hstack([b, v, v]), np.hstack([c, w, w]))

@@ -3,12 +3,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorly as tl
-from cp_testing import full, random_factors
+from cp_testing import degenerate_cpd, full, random_factors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorly.decomposition import parafac
 
 import jaxcpd
+from jaxcpd.decomp.cp_als import gram_solve, psd_cholesky
 
 
 @pytest.mark.parametrize(
@@ -83,6 +84,33 @@ def test_history_padding_and_stop_on_tol():
     n = int(res.n_iter)
     assert n < 500
     np.testing.assert_array_equal(res.errors[n:], res.rel_error)
+
+
+def test_indefinite_gram_is_factorised_with_jitter():
+    # A rank-2 Gram pushed 10 eps*trace below PSD, as rounding leaves a Hadamard Gram
+    # with two equal columns: LAPACK's Cholesky fails (NaN), psd_cholesky does not.
+    f = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    gram = f.T @ f
+    gram -= 10 * np.finfo(np.float32).eps * np.trace(gram) * np.eye(6, dtype=np.float32)
+    assert not np.all(np.isfinite(np.asarray(jnp.linalg.cholesky(gram))))
+    chol = np.asarray(psd_cholesky(jnp.asarray(gram)), np.float64)
+    assert np.all(np.isfinite(chol)) and np.array_equal(chol, np.tril(chol))
+    np.testing.assert_allclose(chol @ chol.T, gram, atol=1e-5 * np.trace(gram))
+    # right-hand sides in the range of the Gram are solved to the Gram's accuracy
+    rhs = np.random.default_rng(1).standard_normal((3, 2)).astype(np.float32) @ f
+    sol = np.asarray(gram_solve(jnp.asarray(f.T @ f), jnp.asarray(rhs)), np.float64)
+    np.testing.assert_allclose(sol @ (f.T @ f), rhs, atol=1e-4 * np.abs(rhs).max())
+
+
+@pytest.mark.parametrize("seed", [8, 12])
+def test_repeated_columns_do_not_give_nan(seed):
+    # A CPD with two equal columns in B and C (every Hadamard Gram singular): with the
+    # plain jittered Cholesky these seeds returned NaN factors.
+    x, factors = degenerate_cpd(seed=seed, big=10.0)
+    res = jaxcpd.cp_als(x, 7, init=factors, max_iter=20)
+    assert all(np.all(np.isfinite(np.asarray(f))) for f in res.factors)
+    start = np.linalg.norm(x - full(factors)) / np.linalg.norm(x)
+    assert float(res.rel_error) < start
 
 
 def test_zero_tensor():
