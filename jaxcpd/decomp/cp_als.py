@@ -13,7 +13,7 @@ two channel modes:
 
 Both GEMMs take their operands in the layout XLA:CPU's fast GEMM path expects, and
 the contractions are pairwise sums (``pairwise_sum``): together 1.3-1.5x faster per
-sweep than ``X^T @ khatri_rao(...)`` and ``jnp.sum`` (DESIGN.md, performance notes).
+sweep than ``X^T @ khatri_rao(...)`` and ``jnp.sum`` (``docs/performance.md``).
 
 Each factor is the solution of its normal equations with the Cholesky factor of
 the Hadamard product of the other Gram matrices.
