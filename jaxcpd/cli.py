@@ -7,9 +7,12 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
+
+from threadpoolctl import threadpool_limits
 
 EXIT_ERROR = 2
 
@@ -28,6 +31,18 @@ def _enable_compile_cache() -> None:
     if cache:
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _blas_threads():
+    """One BLAS thread while a command runs, unless ``OPENBLAS_NUM_THREADS`` is set.
+
+    ALS and EPC factor R x R Gram matrices with LAPACK (OpenBLAS), whose threads fight
+    XLA's own pool on two cores: an EPC sweep at 9x64x64, R = 500 took 39.9 ms with the
+    default threads and 24.9 ms with one (``docs/performance.md``).
+    """
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def _finish(run_dir: Path, summary) -> None:
@@ -191,7 +206,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         _enable_compile_cache()
-        args.func(args)
+        with _blas_threads():
+            args.func(args)
     except (ValueError, FileNotFoundError, KeyError, OSError) as error:
         if args.debug:
             raise

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 import jaxcpd
+from jaxcpd import cli
 from jaxcpd.cli import EXIT_ERROR, main
 from jaxcpd.experiments import RunSummary
 
@@ -184,6 +186,21 @@ def test_unknown_layer_in_a_weights_file_names_the_closest(tmp_path, capsys):
 def test_debug_shows_the_traceback():
     with pytest.raises(FileNotFoundError, match="config file not found"):
         main(["--debug", "compress", "no/such.yaml"])
+
+
+def test_commands_run_with_one_blas_thread(monkeypatch):
+    # LAPACK threads slow the R x R solves of ALS/EPC down next to XLA's pool; the
+    # command runs with one BLAS thread and gives the setting back afterwards.
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    seen = []
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cli, "cmd_report", lambda args: seen.append(blas_threads()))
+    before = blas_threads()
+    assert main(["report", "anywhere"]) == 0
+    assert seen[0] and all(n == 1 for n in seen[0])
+    assert blas_threads() == before
 
 
 def test_usage_errors_exit_non_zero(capsys):
