@@ -3,7 +3,7 @@
 Run:  OPENBLAS_NUM_THREADS=1 python scripts/bench_decomp.py [--quick] [--out scripts/results/bench_decomp.md]
 
 OPENBLAS_NUM_THREADS=1 keeps the small R x R LAPACK calls (Cholesky, eigh) from
-fighting XLA's threads (DESIGN.md: 20-40x on small solves); TensorLy is timed in a
+fighting XLA's threads (docs/performance.md); TensorLy is timed in a
 child process with the default OpenBLAS threading, so it keeps its threaded GEMMs.
 
 Everything is measured in the same process, so the ratios hold even on a noisy
@@ -21,7 +21,9 @@ machine:
     (median over REPEATS pairs);
   * TensorLy: ``parafac`` (numpy backend, float32, same tensor and rank), the same
     way;
-  * EPC: per-sweep time of ``jaxcpd.epc`` (sensitivity objective) the same way.
+  * EPC: per-sweep time of ``jaxcpd.epc`` (sensitivity objective) the same way, each
+    sample taken right after an ALS sample; EPC / ALS is the median of the paired
+    ratios, so load that drifts between samples cancels.
 """
 
 from __future__ import annotations
@@ -73,13 +75,17 @@ def _wall(fn):
     return time.perf_counter() - start
 
 
+def sweep_sample(run, lo, hi):
+    """One per-sweep sample: the time difference of back-to-back runs with ``hi`` and
+    ``lo`` sweeps, divided by ``hi - lo``."""
+    return max((_wall(lambda: run(hi)) - _wall(lambda: run(lo))) / (hi - lo), 1e-9)
+
+
 def per_sweep(run, lo, hi, repeats):
-    """Per-sweep time: the median over ``repeats`` back-to-back pairs of runs with ``lo``
-    and ``hi`` sweeps of their difference (after one warm-up of each)."""
+    """Per-sweep time: the median of ``repeats`` samples (after one warm-up of each count)."""
     run(lo)
     run(hi)
-    diffs = [(_wall(lambda: run(hi)) - _wall(lambda: run(lo))) / (hi - lo) for _ in range(repeats)]
-    return max(float(np.median(diffs)), 1e-9)
+    return float(np.median([sweep_sample(run, lo, hi) for _ in range(repeats)]))
 
 
 def tensor_and_start(shape, rank):
@@ -106,7 +112,12 @@ def bench_ours(shape, rank):
     def epc(n):
         jaxcpd.epc(xj, start, max_iter=n, tol=0.0).rel_error.block_until_ready()
 
-    return per_sweep(als, lo, hi, REPEATS), per_sweep(epc, lo, hi, REPEATS)
+    for run in (als, epc, als, epc):  # warm-up: compile, then one run of each count
+        run(lo)
+        run(hi)
+    samples = np.array([(sweep_sample(als, lo, hi), sweep_sample(epc, lo, hi)) for _ in range(REPEATS)])
+    t_als, t_epc = np.median(samples, axis=0)
+    return float(t_als), float(t_epc), float(np.median(samples[:, 1] / samples[:, 0]))
 
 
 def bench_tensorly(shape, rank):
@@ -155,7 +166,7 @@ def main():
     for shape in shapes:
         for rank in RANKS:
             rate = matmul_gflops()
-            t_ours, t_epc = bench_ours(shape, rank)
+            t_ours, t_epc, epc_ratio = bench_ours(shape, rank)
             t_tl = tensorly_in_child(shape, rank)
             roof = 4 * np.prod(shape) * rank / (rate * 1e9)
             all_flops = 4 * np.prod(shape) * rank + 4 * rank**2 * sum(shape) + rank**3
@@ -163,7 +174,7 @@ def main():
             row = (
                 f"| {shape} | {rank} | {rate:.0f} | {t_ours * 1e3:.2f} | {t_ours / roof:.2f} "
                 f"| {t_ours / roof_all:.2f} | {t_tl * 1e3:.1f} | {t_tl / t_ours:.1f} "
-                f"| {t_epc * 1e3:.2f} | {t_epc / t_ours:.2f} |"
+                f"| {t_epc * 1e3:.2f} | {epc_ratio:.2f} |"
             )
             lines.append(row)
             print(row, flush=True)
