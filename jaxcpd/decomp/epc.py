@@ -21,13 +21,14 @@ factorisations on CPU (19 ms vs 1.1 ms at R = 500), so this made the EPC sweep
 
 The slack ``delta^2 - |X - X^|^2`` is carried from update to update as the sum of
 the exact changes, with an estimate of that sum's rounding error (from the sizes of
-the products it is made of) by which every update aims further inside the bound.
-The residual is formed explicitly (one GEMM of half an ALS sweep's flops) only when
-the estimate reaches the rounding margin, and on every sweep the loop may stop
-after: 1-8 times in 60 sweeps on Gaussian CPDs, which makes the sweep 1.15-1.25x
-faster from 128 channels up. On a CPD with big, nearly cancelling terms the
-estimate is large: the first sweep then lands well inside the bound instead of
-2-9 % outside it, and later sweeps come back to it.
+the products it is made of); once the estimate exceeds what the rounding margin
+absorbs, updates aim that much further inside the bound. The residual is formed
+explicitly (one GEMM of half an ALS sweep's flops) only when the estimate reaches
+the margin, and on every sweep the loop may stop after: 1-8 times in 60 sweeps on
+Gaussian CPDs, which makes the sweep 1.1-1.3x faster at R = 100 from 128 channels
+up (1.03x at R = 500). On a CPD with big, nearly cancelling terms the estimate is
+large: the first sweep then lands inside the bound instead of 2-9 % outside it, and
+later sweeps come back to it.
 """
 
 from __future__ import annotations
@@ -319,8 +320,8 @@ def epc(x, factors, *, delta=None, objective="sensitivity", max_iter=200, tol=1e
       residual was formed (always the last) and the carried value on the others.
 
     Accuracy: after every sweep the error is at most ``delta`` plus rounding,
-    ``16 eps ||x||`` (in float32 that is ~2e-6 ||x||); with ``delta`` close to that
-    floor (a near-exact CPD) the relative overshoot can reach a few percent.
+    ``16 eps ||x||`` (in float32 about 2e-6 ||x||); for a near-exact CPD (``delta``
+    around 1e-5 ||x||) that allowance is a sizeable fraction of ``delta``.
 
     Differentiation: ``jax.jvp``/``jax.jacfwd`` work through the loop; reverse-mode
     ``jax.grad`` w.r.t. ``x`` does not, because the sweeps run in a ``lax.while_loop``
