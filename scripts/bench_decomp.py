@@ -81,11 +81,15 @@ def sweep_sample(run, lo, hi):
     return max((_wall(lambda: run(hi)) - _wall(lambda: run(lo))) / (hi - lo), 1e-9)
 
 
-def per_sweep(run, lo, hi, repeats):
-    """Per-sweep time: the median of ``repeats`` samples (after one warm-up of each count)."""
-    run(lo)
-    run(hi)
-    return float(np.median([sweep_sample(run, lo, hi) for _ in range(repeats)]))
+def sweep_samples(runs, lo, hi, repeats):
+    """``(repeats, len(runs))`` per-sweep samples; each round samples every run back to
+    back, so load that drifts between rounds affects them alike. Each sweep count of
+    each run is run twice first (compilation, then a warm run)."""
+    for _ in range(2):
+        for run in runs:
+            run(lo)
+            run(hi)
+    return np.array([[sweep_sample(run, lo, hi) for run in runs] for _ in range(repeats)])
 
 
 def tensor_and_start(shape, rank):
@@ -112,10 +116,7 @@ def bench_ours(shape, rank):
     def epc(n):
         jaxcpd.epc(xj, start, max_iter=n, tol=0.0).rel_error.block_until_ready()
 
-    for run in (als, epc, als, epc):  # warm-up: compile, then one run of each count
-        run(lo)
-        run(hi)
-    samples = np.array([(sweep_sample(als, lo, hi), sweep_sample(epc, lo, hi)) for _ in range(REPEATS)])
+    samples = sweep_samples((als, epc), lo, hi, REPEATS)
     t_als, t_epc = np.median(samples, axis=0)
     return float(t_als), float(t_epc), float(np.median(samples[:, 1] / samples[:, 0]))
 
@@ -129,7 +130,7 @@ def bench_tensorly(shape, rank):
     def theirs(n):
         parafac(x, rank, init=init, n_iter_max=n, tol=0.0, normalize_factors=False)
 
-    return per_sweep(theirs, lo, hi, REPEATS)
+    return float(np.median(sweep_samples((theirs,), lo, hi, REPEATS)))
 
 
 def tensorly_in_child(shape, rank):

@@ -54,9 +54,9 @@ class CPResult(NamedTuple):
 def psd_cholesky(gram):
     """Lower Cholesky factor of ``gram + jitter * I`` for a symmetric PSD ``gram``.
 
-    The jitter starts at ``eps * trace / R`` (an ulp of
-    the mean eigenvalue, which leaves the least-squares fit unchanged) and grows
-    100x until the factorisation succeeds. Rounding in a Hadamard product of Gram
+    The jitter starts at ``eps * trace / R`` (an ulp of the mean eigenvalue, which
+    leaves the least-squares fit unchanged) and grows 100x until the factorisation
+    succeeds. Rounding in a Hadamard product of Gram
     matrices leaves a singular one (two equal columns, e.g. a CPD with a repeated
     or diverging pair of terms) with eigenvalues a few ``eps * trace`` below zero,
     where LAPACK's Cholesky fails and returns NaN. The loop body runs only then, so

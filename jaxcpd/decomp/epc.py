@@ -190,6 +190,8 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     # A non-finite point (a factorisation that failed even with jitter) is never taken,
     # nor, from a feasible start, one with a larger objective: that happens only when
     # the margin moves the sphere inside a current point that is already optimal.
+    # (Not targeting the current point's own sphere instead: Newton stops up to
+    # rho * margin outside it, and the next update's repair cost +8.1e-5 sensitivity.)
     worse = (slack >= 0) & (jnp.sum(a_new * a_new) > jnp.sum(a_cur * a_cur))
     keep = empty | worse | ~jnp.isfinite(change) | ~jnp.all(jnp.isfinite(new))
     return (
