@@ -27,7 +27,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.linalg import cho_solve
 
 from ._checks import as_float_array, check_factors, check_positive_int, check_tol
 from ._sum import pairwise_sum
@@ -51,6 +50,22 @@ class CPResult(NamedTuple):
     errors: jax.Array
 
 
+def cholesky(sym):
+    """Lower Cholesky factor of a symmetric matrix, read from its upper triangle.
+
+    A NaN matrix when the factorisation fails. ``sym.T`` is the column-major view
+    LAPACK reads, so no transposed copy is made, and no ``(A + A^T) / 2`` pass: the
+    Gram matrices here are symmetric up to rounding (``docs/performance.md``).
+    """
+    return lax.linalg.cholesky(sym.T, symmetrize_input=False)
+
+
+def cholesky_solve_rows(chol, rhs):
+    """Solves ``F @ (L L^T) = rhs`` for F, given the lower Cholesky factor ``L``."""
+    half = lax.linalg.triangular_solve(chol, rhs.T, left_side=True, lower=True)
+    return lax.linalg.triangular_solve(chol, half, left_side=True, lower=True, transpose_a=True).T
+
+
 def psd_cholesky(gram):
     """Lower Cholesky factor of ``gram + jitter * I`` for a symmetric PSD ``gram``.
 
@@ -64,15 +79,17 @@ def psd_cholesky(gram):
     """
     r = gram.shape[0]
     dtype = gram.dtype
-    scale = jnp.trace(gram) / r + jnp.finfo(dtype).tiny
+    scale = jnp.sum(jnp.diagonal(gram)) / r + jnp.finfo(dtype).tiny
     eye = jnp.eye(r, dtype=dtype)
 
     def factor(jitter):
-        return jnp.linalg.cholesky(gram + jitter * eye)
+        return cholesky(gram + jitter * eye)
 
     def failed(state):
+        # A failed factorisation is all NaN, a NaN Gram gives a NaN pivot: the last
+        # pivot tells both, without a pass over the matrix.
         jitter, chol = state
-        return ~jnp.all(jnp.isfinite(chol)) & (jitter < scale)
+        return ~jnp.isfinite(chol[-1, -1]) & (jitter < scale)
 
     def retry(state):
         jitter = 100.0 * state[0]
@@ -86,7 +103,7 @@ def psd_cholesky(gram):
 
 def gram_solve(gram, mttkrp):
     """Solves ``F @ gram = mttkrp`` for F with a jittered Cholesky factor (``psd_cholesky``)."""
-    return cho_solve((psd_cholesky(gram), True), mttkrp.T).T
+    return cholesky_solve_rows(psd_cholesky(gram), mttkrp)
 
 
 def _normalize(f):
@@ -104,6 +121,21 @@ def _contract_except(y, factors, keep):
         shape[m], shape[-1] = factors[m].shape
         y = pairwise_sum(y * factors[m].reshape(shape), m)
     return y
+
+
+def gram(f):
+    """``f^T f``, exactly symmetric, from a GEMM on XLA:CPU's fast path.
+
+    The contracted dimension is made minor in both operands (``docs/performance.md``).
+    That GEMM's result is symmetric only up to rounding, and the averaging makes it
+    exact: ``cholesky`` reads one triangle while the error changes use the whole
+    matrix, and with EPC's big cancelling terms the difference moved the bound
+    (4.8e-4 of delta after one sweep at ``degenerate_cpd(3, 100)``).
+    """
+    ft = lax.optimization_barrier(f.T)
+    # The second barrier keeps XLA from rewriting g.T as the same GEMM (then g + g.T = 2 g).
+    g = lax.optimization_barrier(ft @ ft.T)
+    return 0.5 * (g + g.T)
 
 
 def hadamard_grams(grams, skip=None):
@@ -138,7 +170,7 @@ def dimension_tree_sweep(x, norm_sq, factors, update, carry=None, grams=None):
     last = x.ndim - 1
     x_left = x.reshape(-1, x.shape[last])
     factors = list(factors)
-    grams = [f.T @ f for f in factors] if grams is None else list(grams)
+    grams = [gram(f) for f in factors] if grams is None else list(grams)
     y = (x_left @ factors[last]).reshape(*x.shape[:last], -1)
     mttkrp = None
     for n in range(x.ndim):
@@ -149,7 +181,7 @@ def dimension_tree_sweep(x, norm_sq, factors, update, carry=None, grams=None):
             # would move it off the fast path (EPC sweep 17.4 -> 13.9 ms at 9x512x512, R=100).
             mttkrp = lax.optimization_barrier(khatri_rao(factors[:last], transposed=True) @ x_left).T
         factors[n], carry = update(n, tuple(factors), hadamard_grams(grams, n), mttkrp, carry)
-        grams[n] = factors[n].T @ factors[n]
+        grams[n] = gram(factors[n])
     err_sq = norm_sq - 2.0 * jnp.sum(mttkrp * factors[last]) + jnp.sum(hadamard_grams(grams))
     return tuple(factors), err_sq, carry, tuple(grams)
 

@@ -88,8 +88,10 @@ def test_bound_holds_from_a_degenerate_start(seed, big):
     assert _err(x, one.factors) <= delta * (1 + 1e-5)
     res = jaxcpd.epc(x, factors, max_iter=300)
     assert delta * (1 - 2e-4) <= _err(x, res.factors) <= delta * (1 + 1e-5)
-    before = np.max(np.asarray(jaxcpd.cp_intensities(factors)))
-    assert np.max(np.asarray(jaxcpd.cp_intensities(res.factors))) * 10 <= before
+    # The cancelling pair (the last two terms) is what must go. At big 10 it is only
+    # 6x the largest genuine term, so the largest intensity overall need not fall 10x.
+    before = np.asarray(jaxcpd.cp_intensities(factors))[-2:]
+    assert np.max(np.asarray(jaxcpd.cp_intensities(res.factors))[-2:]) * 10 <= np.min(before)
 
 
 def test_history_between_exact_refreshes_tracks_the_error():
@@ -115,16 +117,21 @@ def test_intensity_objective_reduces_eq3():
     assert np.all(np.diff(hist) <= 1e-5 * hist[:-1])
 
 
-@pytest.mark.parametrize("objective", ["sensitivity", "intensity"])
-@pytest.mark.parametrize("slack_scale", [0.0, 0.3])
-def test_factor_update_is_exact_minimiser(objective, slack_scale, x64):
-    """Compare the closed-form update with SLSQP on eq. 11 (B, C fixed, update A)."""
-    rng = np.random.default_rng(5)
+def _mode1_subproblem(seed):
+    """A random rank-3 CPD of a (4, 3, 5) tensor, as the mode-1 problem ``X_(1) ~ A Z^T``."""
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((4, 3, 5))
     a, b, c = (rng.standard_normal((n, 3)) for n in x.shape)
     z = np.einsum("jr,kr->jkr", b, c).reshape(-1, 3)
     x1 = x.reshape(4, -1)
-    cur_err_sq = np.sum((x1 - a @ z.T) ** 2)
+    return x1, (a, b, c), z, np.sum((x1 - a @ z.T) ** 2)
+
+
+@pytest.mark.parametrize("objective", ["sensitivity", "intensity"])
+@pytest.mark.parametrize("slack_scale", [0.0, 0.3])
+def test_factor_update_is_exact_minimiser(objective, slack_scale, x64):
+    """Compare the closed-form update with SLSQP on eq. 11 (B, C fixed, update A)."""
+    x1, (a, b, c), z, cur_err_sq = _mode1_subproblem(seed=5)
     delta_sq = cur_err_sq + slack_scale * cur_err_sq
     w_sq = np.asarray(epc_weights((jnp.asarray(a), jnp.asarray(b), jnp.asarray(c)), 0, objective))
     new, _, _ = epc_factor_update(
@@ -146,6 +153,27 @@ def test_factor_update_is_exact_minimiser(objective, slack_scale, x64):
     assert ref.success
     np.testing.assert_allclose(new.ravel(), ref.x, atol=1e-4)
     assert np.sum((x1 - new @ z.T) ** 2) <= delta_sq * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("slack_scale", [0.2, -0.2])
+def test_unreachable_reserve_goes_to_least_squares_unless_outside(slack_scale, x64):
+    """A rounding reserve beyond this factor's reach: from inside the bound the update
+    takes the least-squares factor (the nearest to the target); from outside it keeps
+    the factor, as when delta itself is out of reach."""
+    x1, (a, b, c), z, cur_err_sq = _mode1_subproblem(seed=8)
+    ls = np.linalg.lstsq(z, x1.T, rcond=None)[0].T
+    reach = cur_err_sq - np.sum((x1 - ls @ z.T) ** 2)
+    w_sq = epc_weights((jnp.asarray(a), jnp.asarray(b), jnp.asarray(c)), 0, "sensitivity")
+    slack = slack_scale * cur_err_sq
+    new, new_slack, _ = epc_factor_update(
+        jnp.asarray(a), w_sq, jnp.asarray(z.T @ z), jnp.asarray(x1 @ z), slack, reserve=slack + 2 * reach
+    )
+    if slack >= 0:
+        np.testing.assert_allclose(np.asarray(new), ls, rtol=1e-8, atol=1e-10)
+        assert float(new_slack) == pytest.approx(slack + reach, rel=1e-8)
+    else:
+        np.testing.assert_array_equal(np.asarray(new), a)
+        assert float(new_slack) == slack
 
 
 def test_vmap_over_batch():
