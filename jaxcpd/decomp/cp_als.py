@@ -127,10 +127,9 @@ def gram(f):
     """``f^T f``, exactly symmetric, from a GEMM on XLA:CPU's fast path.
 
     The contracted dimension is made minor in both operands (``docs/performance.md``).
-    That GEMM's result is symmetric only up to rounding, and the averaging makes it
-    exact: ``cholesky`` reads one triangle while the error changes use the whole
-    matrix, and with EPC's big cancelling terms the difference moved the bound
-    (4.8e-4 of delta after one sweep at ``degenerate_cpd(3, 100)``).
+    That GEMM's result is symmetric only up to rounding; the average is exactly
+    symmetric, so the factor ``cholesky`` takes from one triangle is that of the
+    matrix the rest of the sweep multiplies with.
     """
     ft = lax.optimization_barrier(f.T)
     # The second barrier keeps XLA from rewriting g.T as the same GEMM (then g + g.T = 2 g).
