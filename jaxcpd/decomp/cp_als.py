@@ -53,7 +53,7 @@ class CPResult(NamedTuple):
 def cholesky(sym):
     """Lower Cholesky factor of a symmetric matrix, read from its upper triangle.
 
-    A NaN matrix when the factorisation fails. ``sym.T`` is the column-major view
+    NaN throughout the lower triangle when the factorisation fails. ``sym.T`` is the column-major view
     LAPACK reads, so no transposed copy is made, and no ``(A + A^T) / 2`` pass: the
     Gram matrices here are symmetric up to rounding (``docs/performance.md``).
     """
@@ -86,8 +86,8 @@ def psd_cholesky(gram):
         return cholesky(gram + jitter * eye)
 
     def failed(state):
-        # A failed factorisation is all NaN, a NaN Gram gives a NaN pivot: the last
-        # pivot tells both, without a pass over the matrix.
+        # A failed factorisation is NaN throughout its triangle, a NaN Gram gives a NaN
+        # pivot: the last pivot tells both, without a pass over the matrix.
         jitter, chol = state
         return ~jnp.isfinite(chol[-1, -1]) & (jitter < scale)
 
@@ -127,9 +127,10 @@ def gram(f):
     """``f^T f``, exactly symmetric, from a GEMM on XLA:CPU's fast path.
 
     The contracted dimension is made minor in both operands (``docs/performance.md``).
-    That GEMM's result is symmetric only up to rounding; the average is exactly
-    symmetric, so the factor ``cholesky`` takes from one triangle is that of the
-    matrix the rest of the sweep multiplies with.
+    A GEMM does not promise a symmetric result (YNNPACK on this CPU gave one in every
+    shape tried; other backends tile differently); the average is exactly symmetric,
+    so the factor ``cholesky`` takes from one triangle is that of the matrix the rest
+    of the sweep multiplies with.
     """
     ft = lax.optimization_barrier(f.T)
     # The second barrier keeps XLA from rewriting g.T as the same GEMM (then g + g.T = 2 g).

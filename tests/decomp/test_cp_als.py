@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tensorly.decomposition import parafac
 
 import jaxcpd
-from jaxcpd.decomp.cp_als import gram_solve, psd_cholesky
+from jaxcpd.decomp.cp_als import cholesky, cholesky_solve_rows, gram, gram_solve, psd_cholesky
 
 
 @pytest.mark.parametrize(
@@ -100,6 +100,24 @@ def test_indefinite_gram_is_factorised_with_jitter():
     rhs = np.random.default_rng(1).standard_normal((3, 2)).astype(np.float32) @ f
     sol = np.asarray(gram_solve(jnp.asarray(f.T @ f), jnp.asarray(rhs)), np.float64)
     np.testing.assert_allclose(sol @ (f.T @ f), rhs, atol=1e-4 * np.abs(rhs).max())
+
+
+def test_gram_and_cholesky_helpers_match_numpy():
+    # The fast-path Gram is exactly symmetric (inside a jitted sweep as well), and the
+    # factor and row solves match float64 numpy.
+    f = np.random.default_rng(2).standard_normal((64, 40)).astype(np.float32)
+    for g in (np.asarray(gram(jnp.asarray(f))), np.asarray(jax.jit(gram)(jnp.asarray(f)))):
+        assert np.array_equal(g, g.T)
+        f64 = f.astype(np.float64)
+        np.testing.assert_allclose(g, f64.T @ f64, atol=1e-5 * np.abs(f64.T @ f64).max())
+    ref = f.astype(np.float64).T @ f.astype(np.float64)
+    chol = np.asarray(jax.jit(cholesky)(jnp.asarray(ref, jnp.float32)), np.float64)
+    np.testing.assert_allclose(chol, np.linalg.cholesky(ref), rtol=1e-4, atol=1e-4 * np.sqrt(ref.max()))
+    rhs = np.random.default_rng(3).standard_normal((9, 40))
+    sol = np.asarray(cholesky_solve_rows(jnp.asarray(chol, jnp.float32), jnp.asarray(rhs, jnp.float32)))
+    np.testing.assert_allclose(sol, np.linalg.solve(ref, rhs.T).T, rtol=1e-3, atol=1e-5)
+    failed = np.asarray(cholesky(-jnp.eye(3)))  # NaN throughout the triangle, the last pivot too
+    assert np.all(np.isnan(failed[np.tril_indices(3)]))
 
 
 @pytest.mark.parametrize("seed", [8, 12])
