@@ -133,8 +133,7 @@ def gram(f):
     of the sweep multiplies with.
     """
     ft = lax.optimization_barrier(f.T)
-    # The second barrier keeps XLA from rewriting g.T as the same GEMM (then g + g.T = 2 g).
-    g = lax.optimization_barrier(ft @ ft.T)
+    g = ft @ ft.T
     return 0.5 * (g + g.T)
 
 
