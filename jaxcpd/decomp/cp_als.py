@@ -53,9 +53,10 @@ class CPResult(NamedTuple):
 def cholesky(sym):
     """Lower Cholesky factor of a symmetric matrix, read from its upper triangle.
 
-    NaN throughout the lower triangle when the factorisation fails. ``sym.T`` is the column-major view
-    LAPACK reads, so no transposed copy is made, and no ``(A + A^T) / 2`` pass: the
-    Gram matrices here are symmetric up to rounding (``docs/performance.md``).
+    NaN throughout the lower triangle when the factorisation fails. ``sym.T`` is the
+    column-major view LAPACK reads, so no transposed copy is made, and no
+    ``(A + A^T) / 2`` pass: every matrix factorised here is exactly symmetric (built
+    from ``gram`` by symmetric scalings and Hadamard products; ``docs/performance.md``).
     """
     return lax.linalg.cholesky(sym.T, symmetrize_input=False)
 
@@ -252,7 +253,7 @@ def _cp_als(x, init, tol, *, max_iter):
 
     errors = jnp.zeros((max_iter,), dtype)
     one = jnp.ones((), dtype)
-    grams = tuple(f.T @ f for f in init)
+    grams = tuple(gram(f) for f in init)
     state = (jnp.zeros((), jnp.int32), init, grams, one, 2 * one, errors)
     n_iter, factors, _, _, _, errors = lax.while_loop(cond, body, state)
     factors = balance(factors)

@@ -136,7 +136,7 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     r = gram.shape[0]
     w = jnp.sqrt(weights_sq)
     winv = jnp.where(w > 0, 1.0 / jnp.where(w > 0, w, 1.0), 0.0)
-    gamma = gram * winv[:, None] * winv[None, :]
+    gamma = gram * (winv[:, None] * winv[None, :])  # exactly symmetric, as ``cholesky`` needs
     g = mttkrp * winv
     a_cur = current * w
     r_cur = a_cur @ gamma - g
