@@ -263,12 +263,8 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
             hist.rel_error.at[i].set(err / safe_norm),
         )
 
-    def relative_change(value, prev):
-        return jnp.abs(prev - value) / jnp.maximum(jnp.abs(prev), jnp.finfo(x.dtype).tiny)
-
     def cond(state):
-        it, _, value, prev, slack, _, _, _ = state
-        change = relative_change(value, prev)
+        it, _, _, change, slack, _, _, _ = state
         # Keep going while the objective moves, and while a sweep left the model just
         # outside the bound (rounding) and the next one can still move it back.
         moving = (change > tol) | ((slack < 0) & (change > 0))
@@ -280,18 +276,19 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
         factors, _, (slack, rounding, mus), _ = dimension_tree_sweep(x, norm_sq, factors, update, carry)
         factors = balance(factors)
         value = measure(factors)
+        change = jnp.abs(prev - value) / jnp.maximum(jnp.abs(prev), jnp.finfo(x.dtype).tiny)
         # The slack is carried as a running sum of exact per-update error changes. The
         # residual is formed explicitly (one GEMM, half an ALS sweep's flops) once the
         # rounding estimate of that sum reaches the margin, and on any sweep the loop
         # may stop after, so the result and the stopping decision rest on the exact error.
-        last = (it + 1 >= max_iter) | (relative_change(value, prev) <= tol)
+        last = (it + 1 >= max_iter) | (change <= tol)
         refresh = last | (rounding > ulps * delta)
         err, slack, rounding = lax.cond(
             refresh,
             lambda: (*exact(factors), jnp.zeros_like(rounding)),
             lambda: (jnp.sqrt(jnp.maximum(delta * delta - slack, 0.0)), slack, rounding),
         )
-        return it + 1, factors, value, prev, slack, rounding, mus, record(hist, it + 1, factors, err)
+        return it + 1, factors, value, change, slack, rounding, mus, record(hist, it + 1, factors, err)
 
     factors = balance(factors)
     zeros = jnp.zeros((max_iter + 1,), x.dtype)
@@ -299,7 +296,8 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
     hist = record(EPCHistory(zeros, zeros, zeros), 0, factors, err)
     start = measure(factors)
     mus = jnp.zeros((x.ndim,), x.dtype)
-    state = (jnp.zeros((), jnp.int32), factors, start, start, slack, jnp.zeros_like(slack), mus, hist)
+    zero = jnp.zeros((), x.dtype)
+    state = (jnp.zeros((), jnp.int32), factors, start, zero, slack, zero, mus, hist)
     n_iter, factors, _, _, _, _, _, hist = lax.while_loop(cond, body, state)
     valid = jnp.arange(max_iter + 1) <= n_iter
     hist = EPCHistory(*(jnp.where(valid, h, h[n_iter]) for h in hist))
