@@ -29,3 +29,24 @@ def x64():
     """Runs a test with float64 enabled (for finite differences and exact references)."""
     with jax.enable_x64(True):
         yield
+
+
+# Session fixtures of tests/compression that take most of a minute to build; the modules
+# using them run on one pytest-xdist worker, so they are built once.
+_SHARED_FIXTURES = {"compressed_third", "lossless"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(items):
+    """Groups the tests for pytest-xdist's ``--dist loadgroup`` (set in ``pyproject.toml``):
+    each module runs on one worker, so its module fixtures are built once (the demo
+    smoke run takes most of a minute), and the modules sharing the compressed
+    ResNet-18 fixtures share a worker."""
+    modules = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    for module, module_items in modules.items():
+        shared = any(_SHARED_FIXTURES & set(item.fixturenames) for item in module_items)
+        group = "compressed-resnet18" if shared else module
+        for item in module_items:
+            item.add_marker(pytest.mark.xdist_group(group))
