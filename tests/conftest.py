@@ -1,7 +1,8 @@
 """Shared pytest fixtures.
 
-A persistent XLA compilation cache under ``.pytest_cache/jax`` is shared by the test
-process and the subprocesses some tests start (multi-device, fresh-process loading).
+A persistent XLA compilation cache under ``.pytest_cache/jax`` is shared by the
+pytest-xdist workers and the subprocesses some tests start (multi-device, fresh-process
+loading); ``pytest_collection_modifyitems`` groups the tests for the workers.
 
 Under ``CI`` the hypothesis tests draw a fixed sequence of examples, so a CI run is
 reproducible; local runs keep drawing new ones (that is how a 2.3e-5 sensitivity rise
