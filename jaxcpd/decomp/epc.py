@@ -42,8 +42,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._checks import as_float_array, check_factors, check_positive_int, check_tol, is_concrete
-from .cp_als import cholesky, cholesky_solve_rows, dimension_tree_sweep, gram_solve
-from .kruskal import balance, reconstruct, sensitivity
+from .cp_als import cholesky, cholesky_solve_rows, dimension_tree_sweep, gram, gram_solve
+from .kruskal import balance, balance_scales, reconstruct, sensitivity
 
 OBJECTIVES = ("sensitivity", "intensity")
 
@@ -264,17 +264,22 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
         )
 
     def cond(state):
-        it, _, _, change, slack, _, _, _ = state
+        it, _, _, _, change, slack, _, _, _ = state
         # Keep going while the objective moves, and while a sweep left the model just
         # outside the bound (rounding) and the next one can still move it back.
         moving = (change > tol) | ((slack < 0) & (change > 0))
         return (it < max_iter) & ((it < 1) | moving)
 
     def body(state):
-        it, factors, prev, _, slack, rounding, mus, hist = state
+        it, factors, grams, prev, _, slack, rounding, mus, hist = state
         carry = (slack, rounding, mus)
-        factors, _, (slack, rounding, mus), _ = dimension_tree_sweep(x, norm_sq, factors, update, carry)
-        factors = balance(factors)
+        factors, _, (slack, rounding, mus), grams = dimension_tree_sweep(
+            x, norm_sq, factors, update, carry, grams
+        )
+        # Balancing scales columns, so the sweep's Grams are rescaled, not formed again.
+        scales = balance_scales(factors)
+        factors = tuple(f * s for f, s in zip(factors, scales, strict=True))
+        grams = tuple(g * (s[:, None] * s[None, :]) for g, s in zip(grams, scales, strict=True))
         value = measure(factors)
         change = jnp.abs(prev - value) / jnp.maximum(jnp.abs(prev), jnp.finfo(x.dtype).tiny)
         # The slack is carried as a running sum of exact per-update error changes. The
@@ -288,7 +293,7 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
             lambda: (*exact(factors), jnp.zeros_like(rounding)),
             lambda: (jnp.sqrt(jnp.maximum(delta * delta - slack, 0.0)), slack, rounding),
         )
-        return it + 1, factors, value, change, slack, rounding, mus, record(hist, it + 1, factors, err)
+        return it + 1, factors, grams, value, change, slack, rounding, mus, record(hist, it + 1, factors, err)
 
     factors = balance(factors)
     zeros = jnp.zeros((max_iter + 1,), x.dtype)
@@ -297,8 +302,9 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
     start = measure(factors)
     mus = jnp.zeros((x.ndim,), x.dtype)
     zero = jnp.zeros((), x.dtype)
-    state = (jnp.zeros((), jnp.int32), factors, start, zero, slack, zero, mus, hist)
-    n_iter, factors, _, _, _, _, _, hist = lax.while_loop(cond, body, state)
+    grams = tuple(gram(f) for f in factors)
+    state = (jnp.zeros((), jnp.int32), factors, grams, start, zero, slack, zero, mus, hist)
+    n_iter, factors, _, _, _, _, _, _, hist = lax.while_loop(cond, body, state)
     valid = jnp.arange(max_iter + 1) <= n_iter
     hist = EPCHistory(*(jnp.where(valid, h, h[n_iter]) for h in hist))
     return EPCResult(factors, hist.rel_error[n_iter], sensitivity(factors), n_iter, hist)

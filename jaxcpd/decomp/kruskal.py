@@ -101,16 +101,18 @@ def cp_sensitivity(factors):
     return sensitivity(check_factors(factors))
 
 
-def balance(factors):
-    """Unchecked :func:`cp_balance`."""
-    sq = _sq_norms(factors)
-    norms = jnp.sqrt(sq)
-    n_modes = len(factors)
+def balance_scales(factors):
+    """``(N, R)`` column scales that :func:`balance` multiplies the factors by."""
+    norms = jnp.sqrt(_sq_norms(factors))
     nonzero = jnp.all(norms > 0, axis=0)
     safe = jnp.where(nonzero, norms, 1.0)
     target = jnp.exp(jnp.mean(jnp.log(safe), axis=0))
-    scale = jnp.where(nonzero, target / safe, 0.0)
-    return tuple(factors[n] * scale[n] for n in range(n_modes))
+    return jnp.where(nonzero, target / safe, 0.0)
+
+
+def balance(factors):
+    """Unchecked :func:`cp_balance`."""
+    return tuple(f * s for f, s in zip(factors, balance_scales(factors), strict=True))
 
 
 def cp_balance(factors):
