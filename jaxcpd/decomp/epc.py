@@ -242,7 +242,7 @@ def _intensity_sum(factors):
 def _epc(x, factors, delta, tol, *, max_iter, objective):
     norm_sq = jnp.sum(x * x)
     safe_norm = jnp.where(norm_sq > 0, jnp.sqrt(norm_sq), 1.0)
-    measure = sensitivity if objective == "sensitivity" else _intensity_sum
+    minimised = OBJECTIVES.index(objective)  # which of ``metrics`` the sweeps lower
     # Rounding moves ||X - X^|| by about ten ulps of ||X|| (measured: ~9 eps ||X||
     # in float32). Updates aim that far inside the bound, and a violation smaller
     # than that is treated as rounding, not repaired at the cost of sensitivity.
@@ -256,10 +256,14 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
         slack = (delta - err) * (delta + err)
         return err, jnp.where((slack < 0) & (err - delta < ulps), 0.0, slack)
 
-    def record(hist, i, factors, err):
+    def metrics(factors):
+        """Eq. 5 and eq. 3, in the order of ``OBJECTIVES``."""
+        return sensitivity(factors), _intensity_sum(factors)
+
+    def record(hist, i, values, err):
         return EPCHistory(
-            hist.sensitivity.at[i].set(sensitivity(factors)),
-            hist.intensity.at[i].set(_intensity_sum(factors)),
+            hist.sensitivity.at[i].set(values[0]),
+            hist.intensity.at[i].set(values[1]),
             hist.rel_error.at[i].set(err / safe_norm),
         )
 
@@ -280,7 +284,8 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
         scales = balance_scales(factors)
         factors = tuple(f * s for f, s in zip(factors, scales, strict=True))
         grams = tuple(g * (s[:, None] * s[None, :]) for g, s in zip(grams, scales, strict=True))
-        value = measure(factors)
+        values = metrics(factors)
+        value = values[minimised]
         change = jnp.abs(prev - value) / jnp.maximum(jnp.abs(prev), jnp.finfo(x.dtype).tiny)
         # The slack is carried as a running sum of exact per-update error changes. The
         # residual is formed explicitly (one GEMM, half an ALS sweep's flops) once the
@@ -293,13 +298,14 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
             lambda: (*exact(factors), jnp.zeros_like(rounding)),
             lambda: (jnp.sqrt(jnp.maximum(delta * delta - slack, 0.0)), slack, rounding),
         )
-        return it + 1, factors, grams, value, change, slack, rounding, mus, record(hist, it + 1, factors, err)
+        return it + 1, factors, grams, value, change, slack, rounding, mus, record(hist, it + 1, values, err)
 
     factors = balance(factors)
     zeros = jnp.zeros((max_iter + 1,), x.dtype)
     err, slack = exact(factors)
-    hist = record(EPCHistory(zeros, zeros, zeros), 0, factors, err)
-    start = measure(factors)
+    values = metrics(factors)
+    hist = record(EPCHistory(zeros, zeros, zeros), 0, values, err)
+    start = values[minimised]
     mus = jnp.zeros((x.ndim,), x.dtype)
     zero = jnp.zeros((), x.dtype)
     grams = tuple(gram(f) for f in factors)
@@ -307,7 +313,7 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
     n_iter, factors, _, _, _, _, _, _, hist = lax.while_loop(cond, body, state)
     valid = jnp.arange(max_iter + 1) <= n_iter
     hist = EPCHistory(*(jnp.where(valid, h, h[n_iter]) for h in hist))
-    return EPCResult(factors, hist.rel_error[n_iter], sensitivity(factors), n_iter, hist)
+    return EPCResult(factors, hist.rel_error[n_iter], hist.sensitivity[n_iter], n_iter, hist)
 
 
 def epc(x, factors, *, delta=None, objective="sensitivity", max_iter=200, tol=1e-5):
