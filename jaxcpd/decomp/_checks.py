@@ -27,6 +27,10 @@ def as_float_array(x, name: str, *, ndim: int | None = None, min_ndim: int | Non
         if jnp.issubdtype(arr.dtype, jnp.complexfloating) or arr.dtype == bool:
             raise ValueError(f"{name} must be real floating point, got dtype {arr.dtype}")
         arr = arr.astype(jnp.result_type(float))
+    elif jnp.finfo(arr.dtype).bits < 32:
+        # float16 / bfloat16: LAPACK has no such kernels, and their 3-digit
+        # mantissas could not hold a least-squares solve; computed in float32.
+        arr = arr.astype(jnp.float32)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must have ndim={ndim}, got shape {arr.shape}")
     if min_ndim is not None and arr.ndim < min_ndim:
@@ -36,6 +40,20 @@ def as_float_array(x, name: str, *, ndim: int | None = None, min_ndim: int | Non
     if is_concrete(arr) and not bool(jnp.all(jnp.isfinite(arr))):
         raise ValueError(f"{name} contains NaN or Inf")
     return arr
+
+
+def check_key(key, name: str = "key"):
+    """A ``jax.random`` key: ``PRNGKey(0)`` for ``None``; a typed key
+    (``jax.random.key``) or a raw ``uint32[2]`` one (``jax.random.PRNGKey``)."""
+    if key is None:
+        return jax.random.PRNGKey(0)
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    if not (typed or (dtype == jnp.uint32 and tuple(shape) == (2,))):
+        raise ValueError(
+            f"{name} must be a jax.random key (jax.random.key(seed) or jax.random.PRNGKey(seed)), got {key!r}"
+        )
+    return key
 
 
 def check_positive_int(value, name: str, *, upper: int | None = None) -> int:

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._checks import as_float_array, check_factors, check_positive_int, check_tol
+from ._checks import as_float_array, check_factors, check_key, check_positive_int, check_tol
+from ._scale import power_of_two_scale
 from ._sum import pairwise_sum
 from .kruskal import balance, khatri_rao, reconstruct
 
@@ -285,13 +286,17 @@ def cp_als(x, rank, *, key=None, init="svd", max_iter=500, tol=1e-6):
 
     Works under ``jax.jit`` (``rank``, ``init`` and ``max_iter`` static) and
     ``jax.vmap`` over a batch of same-shape tensors. A zero tensor returns zero
-    factors and error 0.
+    factors and error 0. A tensor of extreme magnitude (``max|x|`` outside
+    ``[2^-21, 2^20)``) is decomposed divided by a power of two, which is exact, and
+    its factors are scaled back (``_scale.py``).
     """
     x = as_float_array(x, "x", min_ndim=2)
     rank = check_positive_int(rank, "rank")
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_tol(tol)
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = check_key(key)
+    scale, per_factor = power_of_two_scale(x, x.ndim)
+    x = x / scale
     if isinstance(init, str):
         if init == "svd":
             factors = _svd_init(x, rank, key)
@@ -303,5 +308,8 @@ def cp_als(x, rank, *, key=None, init="svd", max_iter=500, tol=1e-6):
         factors = check_factors(init, "init", shape=x.shape)
         if factors[0].shape[1] != rank:
             raise ValueError(f"init factors have rank {factors[0].shape[1]}, but rank={rank}")
-        factors = tuple(f.astype(x.dtype) for f in factors)
-    return _cp_als(x, factors, jnp.asarray(tol, x.dtype), max_iter=max_iter)
+        # The first update solves for its factor from the others, whose scale it
+        # absorbs: a start of any magnitude may be brought to unit size (exactly).
+        factors = tuple(f.astype(x.dtype) / power_of_two_scale(f)[0] for f in factors)
+    result = _cp_als(x, factors, jnp.asarray(tol, x.dtype), max_iter=max_iter)
+    return result._replace(factors=tuple(f * per_factor for f in result.factors))

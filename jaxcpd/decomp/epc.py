@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._checks import as_float_array, check_factors, check_positive_int, check_tol, is_concrete
+from ._scale import power_of_two_scale, rescale_cpd
 from .cp_als import cholesky, cholesky_solve_rows, dimension_tree_sweep, gram, gram_solve
 from .kruskal import balance, balance_scales, reconstruct, sensitivity
 
@@ -340,6 +341,10 @@ def epc(x, factors, *, delta=None, objective="sensitivity", max_iter=200, tol=1e
       :class:`EPCResult`. ``history.rel_error`` is exact on the sweeps where the
       residual was formed (always the last) and the carried value on the others.
 
+    A tensor of extreme magnitude (``max|x|`` outside ``[2^-21, 2^20)``) is corrected
+    divided by a power of two, with ``factors`` and ``delta`` alike, which is exact;
+    the results are scaled back (``_scale.py``).
+
     Accuracy: after every sweep the error is at most ``delta`` plus rounding,
     ``16 eps ||x||`` (in float32 about 2e-6 ||x||); for a near-exact CPD (``delta``
     around 1e-5 ||x||) that allowance is a sizeable fraction of ``delta``.
@@ -362,6 +367,9 @@ def epc(x, factors, *, delta=None, objective="sensitivity", max_iter=200, tol=1e
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_tol(tol)
+    scale, per_factor = power_of_two_scale(x, x.ndim)
+    x = x / scale
+    factors = rescale_cpd(factors, scale)
     if delta is None:
         delta = jnp.linalg.norm(x - reconstruct(factors))
     else:
@@ -370,4 +378,12 @@ def epc(x, factors, *, delta=None, objective="sensitivity", max_iter=200, tol=1e
             raise ValueError(f"delta must be a scalar, got shape {delta.shape}")
         if is_concrete(delta) and not (bool(jnp.isfinite(delta)) and float(delta) >= 0):
             raise ValueError(f"delta must be a finite float >= 0, got {float(delta)}")
-    return _epc(x, factors, delta, jnp.asarray(tol, x.dtype), max_iter=max_iter, objective=objective)
+        delta = delta / scale
+    res = _epc(x, factors, delta, jnp.asarray(tol, x.dtype), max_iter=max_iter, objective=objective)
+    # Eq. 5 multiplies N - 1 squared factor norms, eq. 3 all N of them.
+    sens_scale, intensity_scale = per_factor ** (2 * (x.ndim - 1)), per_factor ** (2 * x.ndim)
+    hist = res.history._replace(
+        sensitivity=res.history.sensitivity * sens_scale, intensity=res.history.intensity * intensity_scale
+    )
+    factors = tuple(f * per_factor for f in res.factors)
+    return res._replace(factors=factors, sensitivity=res.sensitivity * sens_scale, history=hist)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import as_float_array
+from ._scale import power_of_two_scale
 from .cp_als import CPResult, cp_als
 from .epc import EPCResult, epc
 from .kruskal import reconstruct
@@ -99,8 +100,10 @@ def tkd_cpd(x, ranks, cp_rank, *, key=None, epc=True, tucker_kwargs=None, als_kw
     else:
         cpd_factors = factors = cp_als(tk.core, cp_rank, key=key, **_kwargs(als_kwargs, "als_kwargs")).factors
     a, b, c = factors
-    norm = jnp.linalg.norm(x)
+    # Norms of x / scale: its squares can neither overflow nor underflow (``_scale.py``).
+    scale = power_of_two_scale(x)[0]
+    norm = jnp.linalg.norm(x / scale)
     safe = jnp.where(norm > 0, norm, 1.0)
-    rel_error = jnp.linalg.norm(x - reconstruct((a, tk.U @ b, tk.V @ c))) / safe
-    core_rel_error = jnp.linalg.norm(tk.core - reconstruct(factors)) / safe
+    rel_error = jnp.linalg.norm((x - reconstruct((a, tk.U @ b, tk.V @ c))) / scale) / safe
+    core_rel_error = jnp.linalg.norm((tk.core - reconstruct(factors)) / scale) / safe
     return TKDCPResult(tk.U, tk.V, factors, rel_error, tk.rel_error, core_rel_error, cpd_factors)

@@ -17,6 +17,7 @@ import numpy as np
 from jax import lax
 
 from ._checks import as_float_array, check_fraction, check_positive_int, check_tol, is_concrete
+from ._scale import power_of_two_scale
 
 
 class Tucker2Result(NamedTuple):
@@ -154,8 +155,14 @@ def tucker2(x, ranks=None, *, error_bound=None, max_iter=100, tol=1e-7):
 
     Returns:
       :class:`Tucker2Result`; ``U``, ``V`` orthonormal, core by Lemma 2.
+
+    A tensor of extreme magnitude (``max|x|`` outside ``[2^-21, 2^20)``) is decomposed
+    divided by a power of two, which is exact, and the core is scaled back
+    (``_scale.py``).
     """
     x = as_float_array(x, "x", ndim=3)
+    scale = power_of_two_scale(x)[0]
+    x = x / scale
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_tol(tol)
     if (ranks is None) == (error_bound is None):
@@ -174,4 +181,5 @@ def tucker2(x, ranks=None, *, error_bound=None, max_iter=100, tol=1e-7):
         check_positive_int(ranks[0], "ranks[0]", upper=x.shape[1]),
         check_positive_int(ranks[1], "ranks[1]", upper=x.shape[2]),
     )
-    return _tucker2_fixed(x, jnp.asarray(tol, x.dtype), ranks=ranks, max_iter=max_iter)
+    result = _tucker2_fixed(x, jnp.asarray(tol, x.dtype), ranks=ranks, max_iter=max_iter)
+    return result._replace(core=result.core * scale)

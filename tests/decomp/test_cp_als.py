@@ -172,6 +172,8 @@ def test_float64(x64):
         ({"rank": 3, "init": (np.ones((9, 2)), np.ones((4, 2)), np.ones((5, 2)))}, "rank=3"),
         ({"rank": 2, "max_iter": 0}, "max_iter"),
         ({"rank": 2, "tol": -1.0}, "tol"),
+        ({"rank": 2, "key": 0}, "key must be a jax.random key"),
+        ({"rank": 2, "key": np.zeros(3, np.uint32)}, "key must be a jax.random key"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -192,3 +194,10 @@ def test_bad_arguments(kwargs, match):
 def test_bad_tensor(x, match):
     with pytest.raises(ValueError, match=match):
         jaxcpd.cp_als(x, 1)
+
+
+def test_typed_and_raw_keys_give_the_same_start():
+    x = np.random.default_rng(0).standard_normal((9, 4, 5)).astype(np.float32)
+    raw = jaxcpd.cp_als(x, 7, key=jax.random.PRNGKey(3), init="random", max_iter=3)
+    typed = jaxcpd.cp_als(x, 7, key=jax.random.key(3), init="random", max_iter=3)
+    np.testing.assert_array_equal(raw.errors, typed.errors)
