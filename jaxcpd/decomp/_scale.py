@@ -16,7 +16,7 @@ import jax.numpy as jnp
 # bit for bit the one without normalisation; there even 2^40 squared entries of the
 # largest size stay below float32's overflow and the squares of entries 2^-40 times
 # smaller than the largest (below float32's resolution) are still normal numbers.
-_SAFE_EXPONENT = 20
+SAFE_EXPONENT = 20
 
 
 def power_of_two_scale(x, order=1):
@@ -30,7 +30,7 @@ def power_of_two_scale(x, order=1):
     """
     top = jnp.max(jnp.abs(x))
     exponent = jnp.frexp(top)[1]
-    in_range = (top == 0) | (jnp.abs(exponent) <= _SAFE_EXPONENT)
+    in_range = (top == 0) | (jnp.abs(exponent) <= SAFE_EXPONENT)
     # ``scale`` and ``1 / scale`` must be normal numbers (2^-126 .. 2^126 in float32):
     # XLA may divide by multiplying with the reciprocal, and flushes subnormals to zero.
     limit = -jnp.finfo(x.dtype).minexp // order
@@ -43,17 +43,19 @@ def power_of_two_scale(x, order=1):
 def rescale_cpd(factors, scale):
     """Factors of the CPD ``[[factors]] / scale`` for a power of two ``scale``, exactly.
 
-    With ``scale == 1`` and every ``max|f|`` in ``[2^-21, 2^20)`` the factors are
-    returned as they are. Otherwise each factor is first brought to unit size
-    (``max|f|`` in [0.5, 1)) and the CPD's remaining power of two is shared out
-    evenly, so a start whose factors have very different magnitudes does not square
-    any of them out of range.
+    Column by column: with ``scale == 1`` and the largest entry of every factor's
+    column in ``[2^-21, 2^20)`` the column is left as it is. Otherwise each factor's
+    column is first brought to unit size (largest entry in [0.5, 1)) and the rank-1
+    term's remaining power of two is shared out evenly over the factors, so a CPD
+    whose factors have very different magnitudes, e.g. ``(1e20 A, 1e-10 B, 1e-10 C)``,
+    squares none of them out of range.
     """
-    exps = [jnp.frexp(jnp.max(jnp.abs(f)))[1] for f in factors]
+    exps = jnp.stack([jnp.frexp(jnp.max(jnp.abs(f), axis=0))[1] for f in factors])  # (N, R)
     order = len(factors)
-    total = sum(exps) - (jnp.frexp(scale)[1] - 1)  # frexp(2^k) = (0.5, k + 1)
+    total = jnp.sum(exps, axis=0) - (jnp.frexp(scale)[1] - 1)  # frexp(2^k) = (0.5, k + 1)
     share = total // order
     extra = total - share * order  # the first ``extra`` factors take one more factor 2
-    needed = (scale != 1) | jnp.any(jnp.abs(jnp.stack(exps)) > _SAFE_EXPONENT)
-    pairs = enumerate(zip(factors, exps, strict=True))
-    return tuple(jnp.ldexp(f, jnp.where(needed, share + (n < extra) - e, 0)) for n, (f, e) in pairs)
+    needed = (scale != 1) | jnp.any(jnp.abs(exps) > SAFE_EXPONENT, axis=0)
+    return tuple(
+        jnp.ldexp(f, jnp.where(needed, share + (n < extra) - exps[n], 0)) for n, f in enumerate(factors)
+    )

@@ -9,11 +9,26 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ._checks import check_factors
+from ._scale import SAFE_EXPONENT, rescale_cpd
 
 
-def _sq_norms(factors):
-    """``(N, R)`` squared column norms of every factor."""
+def _sq_norms(factors, exps=None):
+    """``(N, R)`` squared column norms of every factor, of ``f / 2^exps`` when given."""
+    if exps is not None:
+        factors = [jnp.ldexp(f, -e) for f, e in zip(factors, exps, strict=True)]
     return jnp.stack([jnp.sum(f * f, axis=0) for f in factors])
+
+
+def _column_exponents(factors):
+    """``(N, R)`` powers of two for :func:`_sq_norms`: ``|f_{n,r}|^2 = sq[n, r] * 4^exps[n, r]``.
+
+    A column whose largest entry lies outside ``[2^-21, 2^20)`` is divided by the power
+    of two that brings it near 1 before it is squared (exact), so a CPD with factors of
+    very different magnitudes, e.g. ``(1e20 A, 1e-10 B, 1e-10 C)``, has finite
+    intensities and sensitivity; every other column gets 0 and is squared as it is.
+    """
+    exps = jnp.stack([jnp.frexp(jnp.max(jnp.abs(f), axis=0))[1] for f in factors])
+    return jnp.where(jnp.abs(exps) > SAFE_EXPONENT, exps, 0)
 
 
 def khatri_rao(mats, *, transposed=False):
@@ -65,15 +80,18 @@ def cp_intensities(factors):
       ``(R,)`` array.
     """
     factors = check_factors(factors)
-    return jnp.sqrt(jnp.prod(_sq_norms(factors), axis=0))
+    exps = _column_exponents(factors)
+    return jnp.ldexp(jnp.sqrt(jnp.prod(_sq_norms(factors, exps), axis=0)), jnp.sum(exps, axis=0))
 
 
 def sensitivity(factors):
     """Unchecked :func:`cp_sensitivity`."""
-    sq = _sq_norms(factors)
+    exps = _column_exponents(factors)
+    sq = _sq_norms(factors, exps)
     total = 0.0
     for n in range(sq.shape[0]):
-        total = total + jnp.sum(jnp.prod(jnp.delete(sq, n, axis=0), axis=0))
+        term = jnp.prod(jnp.delete(sq, n, axis=0), axis=0)
+        total = total + jnp.sum(jnp.ldexp(term, 2 * jnp.sum(jnp.delete(exps, n, axis=0), axis=0)))
     return total
 
 
@@ -111,7 +129,8 @@ def balance_scales(factors):
 
 
 def balance(factors):
-    """Unchecked :func:`cp_balance`."""
+    """:func:`cp_balance` without its checks and without its exact pre-balancing of
+    extreme columns (the ALS and EPC sweeps run on normalised inputs, ``_scale.py``)."""
     return tuple(f * s for f, s in zip(factors, balance_scales(factors), strict=True))
 
 
@@ -120,7 +139,9 @@ def cp_balance(factors):
 
     The tensor is unchanged (the scales multiply to one per term) and, by AM-GM,
     each term's contribution to the sensitivity (eq. 5) is minimised over such
-    rescalings. Terms with a zero vector are set exactly to zero.
+    rescalings. Terms with a zero vector are set exactly to zero. A term whose vectors
+    have entries beyond ``[2^-21, 2^20)`` is first rebalanced by powers of two (exact),
+    so that its norms can be squared.
 
     Args:
       factors: tuple of ``(I_n, R)`` factor matrices.
@@ -128,4 +149,5 @@ def cp_balance(factors):
     Returns:
       Tuple of rescaled factor matrices with the same shapes.
     """
-    return balance(check_factors(factors))
+    factors = check_factors(factors)
+    return balance(rescale_cpd(factors, jnp.ones((), factors[0].dtype)))

@@ -75,6 +75,28 @@ def test_balance_zero_term():
     assert all(np.all(np.isfinite(np.asarray(m))) for m in out)
 
 
+@pytest.mark.parametrize("exps", [(66, -33, -33), (40, -60, 20), (-70, 35, 35), (80, -100, 20)])
+def test_metrics_of_a_cpd_with_factors_of_extreme_magnitude(exps):
+    """Factors scaled by powers of two whose product is 1: the tensor and the intensities
+    are those of the plain CPD, eq. 5 follows from float64 norms (inf where it exceeds
+    float32); squaring the raw entries in float32 would overflow (2^66) or flush to zero
+    (2^-70)."""
+    plain = random_factors((4, 5, 6), 3, seed=2)
+    lopsided = tuple(f * np.float32(2.0**e) for f, e in zip(plain, exps, strict=True))
+    np.testing.assert_allclose(jaxcpd.cp_intensities(lopsided), jaxcpd.cp_intensities(plain), rtol=1e-6)
+    sq = [np.sum(np.asarray(f, np.float64) ** 2, axis=0) for f in lopsided]
+    eq5 = np.sum(sq[0] * sq[1] + sq[1] * sq[2] + sq[0] * sq[2])
+    if eq5 < np.finfo(np.float32).max:
+        np.testing.assert_allclose(float(jaxcpd.cp_sensitivity(lopsided)), eq5, rtol=1e-5)
+    else:
+        assert np.isposinf(float(jaxcpd.cp_sensitivity(lopsided)))
+    balanced = jaxcpd.cp_balance(lopsided)
+    assert all(np.all(np.isfinite(np.asarray(f))) for f in balanced)
+    np.testing.assert_allclose(full(balanced), full(plain), rtol=1e-5, atol=1e-5)
+    for got, want in zip(balanced, jaxcpd.cp_balance(plain), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("fn", [jaxcpd.cp_reconstruct, jaxcpd.cp_intensities, jaxcpd.cp_sensitivity])
 def test_gradients_match_finite_differences(fn, x64):
     f = tuple(jnp.asarray(m, jnp.float64) for m in random_factors((4, 3, 5), 3, seed=5))
