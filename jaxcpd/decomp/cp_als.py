@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._checks import as_float_array, check_factors, check_key, check_positive_int, check_tol
-from ._scale import power_of_two_scale
+from ._scale import power_of_two_scale, rescale_cpd
 from ._sum import pairwise_sum
 from .kruskal import balance, khatri_rao, reconstruct
 
@@ -308,8 +308,6 @@ def cp_als(x, rank, *, key=None, init="svd", max_iter=500, tol=1e-6):
         factors = check_factors(init, "init", shape=x.shape)
         if factors[0].shape[1] != rank:
             raise ValueError(f"init factors have rank {factors[0].shape[1]}, but rank={rank}")
-        # The first update solves for its factor from the others, whose scale it
-        # absorbs: a start of any magnitude may be brought to unit size (exactly).
-        factors = tuple(f.astype(x.dtype) / power_of_two_scale(f)[0] for f in factors)
+        factors = rescale_cpd(tuple(f.astype(x.dtype) for f in factors), scale)
     result = _cp_als(x, factors, jnp.asarray(tol, x.dtype), max_iter=max_iter)
     return result._replace(factors=tuple(f * per_factor for f in result.factors))
