@@ -16,7 +16,18 @@ import jax.numpy as jnp
 # bit for bit the one without normalisation; there even 2^40 squared entries of the
 # largest size stay below float32's overflow and the squares of entries 2^-40 times
 # smaller than the largest (below float32's resolution) are still normal numbers.
-SAFE_EXPONENT = 20
+_SAFE_EXPONENT = 20
+
+
+def max_exponent(x, axis=None):
+    """``e`` with ``max|x|`` (over ``axis``) in ``[2^(e-1), 2^e)``; 0 where it is 0."""
+    return jnp.frexp(jnp.max(jnp.abs(x), axis=axis))[1]
+
+
+def out_of_range(exponent):
+    """Whether a :func:`max_exponent` lies outside ``[2^-21, 2^20)``, where squares may
+    overflow or go subnormal."""
+    return jnp.abs(exponent) > _SAFE_EXPONENT
 
 
 def power_of_two_scale(x, order=1):
@@ -28,14 +39,12 @@ def power_of_two_scale(x, order=1):
     ``order`` is the number of factors that take the scale back (the tensor order
     for a CPD, 1 for a Tucker core).
     """
-    top = jnp.max(jnp.abs(x))
-    exponent = jnp.frexp(top)[1]
-    in_range = (top == 0) | (jnp.abs(exponent) <= SAFE_EXPONENT)
+    exponent = max_exponent(x)
     # ``scale`` and ``1 / scale`` must be normal numbers (2^-126 .. 2^126 in float32):
     # XLA may divide by multiplying with the reciprocal, and flushes subnormals to zero.
     limit = -jnp.finfo(x.dtype).minexp // order
-    low, high = -limit, limit
-    m = jnp.where(in_range, 0, jnp.clip(jnp.round(exponent / order), low, high)).astype(jnp.int32)
+    m = jnp.clip(jnp.round(exponent / order), -limit, limit)
+    m = jnp.where(out_of_range(exponent), m, 0).astype(jnp.int32)
     one = jnp.ones((), x.dtype)
     return jnp.ldexp(one, order * m), jnp.ldexp(one, m)
 
@@ -50,12 +59,12 @@ def rescale_cpd(factors, scale):
     whose factors have very different magnitudes, e.g. ``(1e20 A, 1e-10 B, 1e-10 C)``,
     squares none of them out of range.
     """
-    exps = jnp.stack([jnp.frexp(jnp.max(jnp.abs(f), axis=0))[1] for f in factors])  # (N, R)
+    exps = jnp.stack([max_exponent(f, axis=0) for f in factors])  # (N, R)
     order = len(factors)
     total = jnp.sum(exps, axis=0) - (jnp.frexp(scale)[1] - 1)  # frexp(2^k) = (0.5, k + 1)
     share = total // order
     extra = total - share * order  # the first ``extra`` factors take one more factor 2
-    needed = (scale != 1) | jnp.any(jnp.abs(exps) > SAFE_EXPONENT, axis=0)
+    needed = (scale != 1) | jnp.any(out_of_range(exps), axis=0)
     return tuple(
         jnp.ldexp(f, jnp.where(needed, share + (n < extra) - exps[n], 0)) for n, f in enumerate(factors)
     )

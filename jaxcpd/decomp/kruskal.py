@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ._checks import check_factors
-from ._scale import SAFE_EXPONENT, rescale_cpd
+from ._scale import max_exponent, out_of_range, rescale_cpd
 
 
 def _sq_norms(factors, exps=None):
@@ -27,8 +27,8 @@ def _column_exponents(factors):
     very different magnitudes, e.g. ``(1e20 A, 1e-10 B, 1e-10 C)``, has finite
     intensities and sensitivity; every other column gets 0 and is squared as it is.
     """
-    exps = jnp.stack([jnp.frexp(jnp.max(jnp.abs(f), axis=0))[1] for f in factors])
-    return jnp.where(jnp.abs(exps) > SAFE_EXPONENT, exps, 0)
+    exps = jnp.stack([max_exponent(f, axis=0) for f in factors])
+    return jnp.where(out_of_range(exps), exps, 0)
 
 
 def khatri_rao(mats, *, transposed=False):
