@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from ..decomp._checks import check_key
 from ..models import get_submodule, set_submodule
 from ..nn import (
     CPConv,
@@ -157,7 +158,7 @@ def compress(
     if on_growth not in ON_GROWTH:
         raise ValueError(f"on_growth must be one of {ON_GROWTH}, got {on_growth!r}")
     input_shape = default_input_shape(model) if input_shape is None else tuple(int(n) for n in input_shape)
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = check_key(key)
     active = {name: entry for name, entry in plan.items() if entry.method != "keep"}
     modules = {name: get_submodule(model, name) for name in active}
     for name, entry in active.items():

@@ -39,6 +39,7 @@ from jaxcpd.decomp import (
     kernel_to_tensor,
     tucker2,
 )
+from jaxcpd.decomp._checks import check_key
 
 METHODS = ("cpd-epc", "tkd-cpd-epc")
 _FORMAT = "jaxcpd.layer_study"
@@ -411,7 +412,7 @@ def layer_study(
     ranks = _check_ranks(ranks)
     x = kernel_to_tensor(kernel)
     shape = tuple(int(s) for s in jnp.shape(kernel))
-    key = jax.random.PRNGKey(0) if key is None else key
+    key = check_key(key)
     if not bool(jnp.any(x != 0)):
         raise ValueError("kernel is all zeros; there is nothing to decompose")
     if method == "cpd-epc":

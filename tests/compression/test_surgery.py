@@ -207,6 +207,12 @@ def test_bad_plans_raise_before_decomposing(resnet18, plan, match):
         jaxcpd.compress(resnet18, plan, progress=False)
 
 
+def test_bad_key_raises_before_decomposing(resnet18):
+    plan = {"layer1.0.conv1": LayerPlan("cpd-epc", rank=8)}
+    with pytest.raises(ValueError, match="key must be a jax.random key"):
+        jaxcpd.compress(resnet18, plan, key=0, progress=False)
+
+
 def test_ranks_that_increase_the_weights_warn_or_raise(resnet18):
     # CP rank 600 on a 3x3 64->64 conv: 600 (9 + 64 + 64) = 82200 weights > 36864.
     plan = {"layer1.0.conv1": LayerPlan("cpd-epc", rank=600)}

@@ -55,6 +55,12 @@ def test_parse_ranks_errors(spec):
     assert repr(spec) in str(info.value)
 
 
+def test_bad_key_is_a_value_error():
+    kernel = np.random.default_rng(0).standard_normal((3, 3, 4, 5)).astype(np.float32)
+    with pytest.raises(ValueError, match="key must be a jax.random key"):
+        layer_study(kernel, (2,), key=0)
+
+
 # --------------------------------------------------------------------------- read_kernel
 
 
