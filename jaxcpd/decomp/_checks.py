@@ -17,8 +17,23 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def as_float_array(x, name: str, *, ndim: int | None = None, min_ndim: int | None = None):
-    """Converts ``x`` to a floating JAX array and checks its rank and values."""
+@jax.jit
+def _all_finite(arrays):
+    """Whether every entry of every array is finite (one small program per combination of shapes)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+
+
+def all_finite(*arrays) -> bool:
+    """``True`` unless a concrete array holds a NaN or Inf (tracers are not checked)."""
+    concrete = tuple(a for a in arrays if is_concrete(a))
+    return not concrete or bool(_all_finite(concrete))
+
+
+def as_float_array(
+    x, name: str, *, ndim: int | None = None, min_ndim: int | None = None, check_values: bool = True
+):
+    """Converts ``x`` to a floating JAX array and checks its rank and, unless
+    ``check_values=False``, that its entries are finite."""
     try:
         arr = jnp.asarray(x)
     except (TypeError, ValueError) as err:
@@ -37,7 +52,7 @@ def as_float_array(x, name: str, *, ndim: int | None = None, min_ndim: int | Non
         raise ValueError(f"{name} must have ndim>={min_ndim}, got shape {arr.shape}")
     if 0 in arr.shape:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-    if is_concrete(arr) and not bool(jnp.all(jnp.isfinite(arr))):
+    if check_values and not all_finite(arr):
         raise ValueError(f"{name} contains NaN or Inf")
     return arr
 
@@ -100,7 +115,10 @@ def check_factors(factors, name: str = "factors", *, shape=None):
     """
     if not isinstance(factors, tuple | list) or len(factors) < 2:
         raise ValueError(f"{name} must be a tuple of at least 2 factor matrices")
-    mats = tuple(as_float_array(f, f"{name}[{n}]", ndim=2) for n, f in enumerate(factors))
+    mats = tuple(as_float_array(f, f"{name}[{n}]", ndim=2, check_values=False) for n, f in enumerate(factors))
+    if not all_finite(*mats):
+        bad = next(n for n, m in enumerate(mats) if not all_finite(m))
+        raise ValueError(f"{name}[{bad}] contains NaN or Inf")
     ranks = {m.shape[1] for m in mats}
     if len(ranks) != 1:
         shapes = [m.shape for m in mats]

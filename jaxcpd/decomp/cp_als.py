@@ -295,19 +295,40 @@ def cp_als(x, rank, *, key=None, init="svd", max_iter=500, tol=1e-6):
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_tol(tol)
     key = check_key(key)
-    scale, per_factor = power_of_two_scale(x, x.ndim)
-    x = x / scale
     if isinstance(init, str):
-        if init == "svd":
-            factors = _svd_init(x, rank, key)
-        elif init == "random":
-            factors = _random_init(x, rank, key)
-        else:
+        if init not in ("svd", "random"):
             raise ValueError(f"init must be 'svd', 'random' or a tuple of factors, got {init!r}")
+        factors = _initial_factors(x, key, rank=rank, init=init)
     else:
-        factors = check_factors(init, "init", shape=x.shape)
-        if factors[0].shape[1] != rank:
-            raise ValueError(f"init factors have rank {factors[0].shape[1]}, but rank={rank}")
-        factors = rescale_cpd(tuple(f.astype(x.dtype) for f in factors), scale)
-    result = _cp_als(x, factors, jnp.asarray(tol, x.dtype), max_iter=max_iter)
+        start = check_factors(init, "init", shape=x.shape)
+        if start[0].shape[1] != rank:
+            raise ValueError(f"init factors have rank {start[0].shape[1]}, but rank={rank}")
+        factors = _rescaled_start(x, start)
+    return _cp_als_call(x, factors, jnp.asarray(tol, x.dtype), max_iter=max_iter)
+
+
+# The public function runs as three programs, each compiled once per shape: the
+# initialisation, or the rescaling of a given start, and the sweeps, which all starts
+# share. Run op by op, the scaling and initialisation compiled some twenty small
+# programs on each new shape (1.5-2 s, about as long as the sweeps' own compilation).
+
+
+@partial(jax.jit, static_argnames=("rank", "init"))
+def _initial_factors(x, key, *, rank, init):
+    """``init`` ("svd" or "random") factors for ``x`` divided by its power-of-two scale."""
+    x = x / power_of_two_scale(x, x.ndim)[0]
+    return _svd_init(x, rank, key) if init == "svd" else _random_init(x, rank, key)
+
+
+@jax.jit
+def _rescaled_start(x, start):
+    """A given start CPD, for ``x`` divided by its power-of-two scale (exact)."""
+    return rescale_cpd(tuple(f.astype(x.dtype) for f in start), power_of_two_scale(x, x.ndim)[0])
+
+
+@partial(jax.jit, static_argnames=("max_iter",))
+def _cp_als_call(x, factors, tol, *, max_iter):
+    """The sweeps on ``x`` divided by its power-of-two scale; the factors scaled back."""
+    scale, per_factor = power_of_two_scale(x, x.ndim)
+    result = _cp_als(x / scale, factors, tol, max_iter=max_iter)
     return result._replace(factors=tuple(f * per_factor for f in result.factors))

@@ -34,6 +34,7 @@ later sweeps come back to it.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import NamedTuple
 
@@ -362,24 +363,34 @@ def epc(x, factors, *, delta=None, objective="sensitivity", max_iter=200, tol=1e
     """
     x = as_float_array(x, "x", min_ndim=2)
     factors = check_factors(factors, "factors", shape=x.shape)
-    factors = tuple(f.astype(x.dtype) for f in factors)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_tol(tol)
+    given = delta is not None
+    delta = jnp.asarray(delta if given else 0.0, x.dtype)
+    if delta.ndim != 0:
+        raise ValueError(f"delta must be a scalar, got shape {delta.shape}")
+    if is_concrete(delta) and not (math.isfinite(float(delta)) and float(delta) >= 0):
+        raise ValueError(f"delta must be a finite float >= 0, got {float(delta)}")
+    tol = jnp.asarray(tol, x.dtype)
+    return _epc_call(x, factors, delta, given, tol, max_iter=max_iter, objective=objective)
+
+
+@partial(jax.jit, static_argnames=("max_iter", "objective"))
+def _epc_call(x, factors, delta, given, tol, *, max_iter, objective):
+    """:func:`epc` after validation, as one program: scaling, the bound, the sweeps.
+
+    ``delta`` is used when ``given``, else the error of ``factors`` is. One compilation
+    per shape and options, with or without ``delta`` (run op by op, the scaling alone
+    compiled some twenty small programs on each new shape).
+    """
+    factors = tuple(f.astype(x.dtype) for f in factors)
     scale, per_factor = power_of_two_scale(x, x.ndim)
     x = x / scale
     factors = rescale_cpd(factors, scale)
-    if delta is None:
-        delta = jnp.linalg.norm(x - reconstruct(factors))
-    else:
-        delta = jnp.asarray(delta, x.dtype)
-        if delta.ndim != 0:
-            raise ValueError(f"delta must be a scalar, got shape {delta.shape}")
-        if is_concrete(delta) and not (bool(jnp.isfinite(delta)) and float(delta) >= 0):
-            raise ValueError(f"delta must be a finite float >= 0, got {float(delta)}")
-        delta = delta / scale
-    res = _epc(x, factors, delta, jnp.asarray(tol, x.dtype), max_iter=max_iter, objective=objective)
+    delta = jnp.where(given, delta / scale, jnp.linalg.norm(x - reconstruct(factors)))
+    res = _epc(x, factors, delta, tol, max_iter=max_iter, objective=objective)
     # Eq. 5 multiplies N - 1 squared factor norms, eq. 3 all N of them.
     sens_scale, intensity_scale = per_factor ** (2 * (x.ndim - 1)), per_factor ** (2 * x.ndim)
     hist = res.history._replace(

@@ -99,11 +99,18 @@ def tkd_cpd(x, ranks, cp_rank, *, key=None, epc=True, tucker_kwargs=None, als_kw
         cpd_factors, factors = res.cpd.factors, res.epc.factors
     else:
         cpd_factors = factors = cp_als(tk.core, cp_rank, key=key, **_kwargs(als_kwargs, "als_kwargs")).factors
+    rel_error, core_rel_error = _tkd_cpd_errors(x, tk.core, tk.U, tk.V, factors)
+    return TKDCPResult(tk.U, tk.V, factors, rel_error, tk.rel_error, core_rel_error, cpd_factors)
+
+
+@jax.jit
+def _tkd_cpd_errors(x, core, u, v, factors):
+    """Relative errors of ``[[A, U B, V C]]`` against ``x`` and of ``[[A, B, C]]`` against the core."""
     a, b, c = factors
     # Norms of x / scale: its squares can neither overflow nor underflow (``_scale.py``).
     scale = power_of_two_scale(x)[0]
     norm = jnp.linalg.norm(x / scale)
     safe = jnp.where(norm > 0, norm, 1.0)
-    rel_error = jnp.linalg.norm((x - reconstruct((a, tk.U @ b, tk.V @ c))) / scale) / safe
-    core_rel_error = jnp.linalg.norm((tk.core - reconstruct(factors)) / scale) / safe
-    return TKDCPResult(tk.U, tk.V, factors, rel_error, tk.rel_error, core_rel_error, cpd_factors)
+    rel_error = jnp.linalg.norm((x - reconstruct((a, u @ b, v @ c))) / scale) / safe
+    core_rel_error = jnp.linalg.norm((core - reconstruct(factors)) / scale) / safe
+    return rel_error, core_rel_error

@@ -6,6 +6,7 @@ All functions take a tuple of factor matrices ``(F_1, ..., F_N)``, ``F_n`` of sh
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from ._checks import check_factors
@@ -65,7 +66,10 @@ def cp_reconstruct(factors):
     Returns:
       Array of shape ``(I_1, ..., I_N)``.
     """
-    return reconstruct(check_factors(factors))
+    return _jit_reconstruct(check_factors(factors))
+
+
+_jit_reconstruct = jax.jit(reconstruct)
 
 
 def cp_intensities(factors):
@@ -79,7 +83,11 @@ def cp_intensities(factors):
     Returns:
       ``(R,)`` array.
     """
-    factors = check_factors(factors)
+    return _intensities(check_factors(factors))
+
+
+@jax.jit
+def _intensities(factors):
     exps = _column_exponents(factors)
     return jnp.ldexp(jnp.sqrt(jnp.prod(_sq_norms(factors, exps), axis=0)), jnp.sum(exps, axis=0))
 
@@ -124,7 +132,11 @@ def cp_sensitivity(factors):
     References:
       Phan et al., ECCV 2020, Definition 1 and Lemma 1.
     """
-    factors = check_factors(factors)
+    return _exact_sensitivity(check_factors(factors))
+
+
+@jax.jit
+def _exact_sensitivity(factors):
     exps = _column_exponents(factors)
     return _eq5(_sq_norms(factors, exps), exps)
 
@@ -159,5 +171,9 @@ def cp_balance(factors):
     Returns:
       Tuple of rescaled factor matrices with the same shapes.
     """
-    factors = check_factors(factors)
+    return _exact_balance(check_factors(factors))
+
+
+@jax.jit
+def _exact_balance(factors):
     return balance(rescale_cpd(factors, jnp.ones((), factors[0].dtype)))

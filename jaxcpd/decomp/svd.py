@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -37,12 +40,21 @@ def truncated_svd(m, rank=None, *, error_bound=None):
     m = as_float_array(m, "m", ndim=2)
     if (rank is None) == (error_bound is None):
         raise ValueError("pass exactly one of rank or error_bound")
-    u, s, vt = jnp.linalg.svd(m, full_matrices=False)
+    u, s, vt = _svd(m)
     if error_bound is not None:
         error_bound = check_fraction(error_bound, "error_bound")
         if not is_concrete(m):
             raise ValueError("error_bound needs a concrete m (the rank depends on data); pass rank under jit")
         rank = svd_rank_for_bound(s, error_bound)
     rank = check_positive_int(rank, "rank", upper=min(m.shape))
+    return _split_singular_values(u, s, vt, rank)
+
+
+_svd = jax.jit(partial(jnp.linalg.svd, full_matrices=False))
+
+
+@partial(jax.jit, static_argnums=3)
+def _split_singular_values(u, s, vt, rank):
+    """``U_R sqrt(S_R)`` and ``V_R sqrt(S_R)``."""
     root = jnp.sqrt(s[:rank])
     return u[:, :rank] * root, vt[:rank].T * root

@@ -93,29 +93,42 @@ def _tucker2_fixed(x, tol, *, ranks, max_iter):
     return Tucker2Result(core, u, v, rel_error)
 
 
+@partial(jax.jit, static_argnums=(2, 3))
+def _spectrum(x, w, mode, rank):
+    """:func:`_top_eigvecs` of eq. 16's ``Q1`` (``mode=1``, ``w = V``) or eq. 18's ``Q2``
+    (``mode=2``, ``w = U``), as one program."""
+    return _top_eigvecs((_q1 if mode == 1 else _q2)(x, w), rank)
+
+
+@jax.jit
+def _scaled(x):
+    """``x`` divided by its power-of-two scale (``_scale.py``) and ``|x / scale|^2``."""
+    x = x / power_of_two_scale(x)[0]
+    return x, jnp.sum(x * x)
+
+
 def _energy_rank(vals, needed):
     """Smallest r with ``sum(vals[:r]) >= needed`` (eq. 17), at least 1."""
     cum = np.cumsum(np.asarray(vals, dtype=np.float64))
     return int(min(max(np.searchsorted(cum, needed) + 1, 1), len(cum)))
 
 
-def _ranks_for_bound(x, error_bound, tol, max_iter):
+def _ranks_for_bound(x, norm_sq, error_bound, tol, max_iter):
     """Smallest Tucker-2 ranks meeting a relative error bound (eq. 15-18).
 
     Alternates the eigenvalue-energy rule of eq. 17 for U and for V until the ranks
     stop changing, then descends while a fixed-rank Tucker-2 with one rank smaller
     still meets the bound.
     """
-    norm_sq = float(jnp.sum(x * x))
     needed = norm_sq * (1.0 - error_bound**2)
     j, k = x.shape[1], x.shape[2]
     v = jnp.eye(k, dtype=x.dtype)
     ranks = (j, k)
     for _ in range(max(max_iter, 1)):
-        vals, vecs = _top_eigvecs(_q1(x, v), j)
+        vals, vecs = _spectrum(x, v, 1, j)
         r1 = _energy_rank(vals, needed)
         u = vecs[:, :r1]
-        vals, vecs = _top_eigvecs(_q2(x, u), k)
+        vals, vecs = _spectrum(x, u, 2, k)
         r2 = _energy_rank(vals, needed)
         v = vecs[:, :r2]
         if (r1, r2) == ranks:
@@ -161,8 +174,6 @@ def tucker2(x, ranks=None, *, error_bound=None, max_iter=100, tol=1e-7):
     (``_scale.py``).
     """
     x = as_float_array(x, "x", ndim=3)
-    scale = power_of_two_scale(x)[0]
-    x = x / scale
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_tol(tol)
     if (ranks is None) == (error_bound is None):
@@ -171,15 +182,21 @@ def tucker2(x, ranks=None, *, error_bound=None, max_iter=100, tol=1e-7):
         error_bound = check_fraction(error_bound, "error_bound")
         if not is_concrete(x):
             raise ValueError("error_bound needs a concrete x (ranks depend on data); pass ranks under jit")
-        if float(jnp.sum(x * x)) == 0.0:
-            ranks = (1, 1)
-        else:
-            ranks = _ranks_for_bound(x, error_bound, tol, max_iter)
+        scaled, norm_sq = _scaled(x)
+        norm_sq = float(norm_sq)
+        ranks = (1, 1) if norm_sq == 0.0 else _ranks_for_bound(scaled, norm_sq, error_bound, tol, max_iter)
     if not isinstance(ranks, tuple | list) or len(ranks) != 2:
         raise ValueError(f"ranks must be a pair (R1, R2), got {ranks!r}")
     ranks = (
         check_positive_int(ranks[0], "ranks[0]", upper=x.shape[1]),
         check_positive_int(ranks[1], "ranks[1]", upper=x.shape[2]),
     )
-    result = _tucker2_fixed(x, jnp.asarray(tol, x.dtype), ranks=ranks, max_iter=max_iter)
+    return _tucker2_call(x, jnp.asarray(tol, x.dtype), ranks=ranks, max_iter=max_iter)
+
+
+@partial(jax.jit, static_argnames=("ranks", "max_iter"))
+def _tucker2_call(x, tol, *, ranks, max_iter):
+    """:func:`tucker2` at fixed ranks after validation, scaling included, as one program."""
+    scale = power_of_two_scale(x)[0]
+    result = _tucker2_fixed(x / scale, tol, ranks=ranks, max_iter=max_iter)
     return result._replace(core=result.core * scale)

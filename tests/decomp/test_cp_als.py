@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorly as tl
-from cp_testing import degenerate_cpd, full, random_factors
+from cp_testing import degenerate_cpd, full, programs_compiled, random_factors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorly.decomposition import parafac
@@ -142,6 +142,21 @@ def test_returned_factors_are_balanced():
     res = jaxcpd.cp_als(x, 4)
     norms = np.stack([np.linalg.norm(f, axis=0) for f in res.factors])
     np.testing.assert_allclose(norms, np.broadcast_to(norms[0], norms.shape), rtol=1e-4)
+
+
+def test_a_new_shape_compiles_a_few_programs_and_starts_share_the_sweeps():
+    """Called op by op, a new shape compiled ~20 small programs (scaling, SVD start) besides
+    the sweeps; now the validation, the start and the sweeps are one program each, and a
+    given start reuses the sweeps compiled for the SVD start."""
+    key = jax.random.PRNGKey(3)
+    x = jnp.asarray(full(random_factors((5, 7, 6), 3, seed=11)), jnp.float32)  # a shape no other test uses
+    with programs_compiled() as first:
+        res = jaxcpd.cp_als(x, 3, key=key, max_iter=7)
+    assert len(first) <= 4, first
+    with programs_compiled() as given_start:
+        again = jaxcpd.cp_als(x, 3, init=res.factors, max_iter=7)
+    assert "jit(_cp_als_call)" not in given_start and len(given_start) <= 2, given_start
+    assert float(again.rel_error) <= float(res.rel_error) + 1e-6
 
 
 def test_vmap_matches_loop_and_jit():

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cp_testing import degenerate_cpd, full
+from cp_testing import degenerate_cpd, full, programs_compiled, random_factors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
@@ -174,6 +174,22 @@ def test_unreachable_reserve_goes_to_least_squares_unless_outside(slack_scale, x
     else:
         np.testing.assert_array_equal(np.asarray(new), a)
         assert float(new_slack) == slack
+
+
+def test_a_new_shape_compiles_one_program_with_or_without_delta():
+    """The scaling, the default bound and the sweeps are one program (op by op, the scaling
+    alone compiled ~20 small ones per shape); an explicit ``delta`` takes the same one."""
+    dense = full(random_factors((5, 6, 7), 4, seed=12))
+    x = jnp.asarray(dense, jnp.float32)  # a shape no other test uses
+    start = random_factors((5, 6, 7), 4, seed=13)
+    norm, start_error = np.linalg.norm(dense), np.linalg.norm(dense - full(start))
+    start, delta = tuple(jnp.asarray(f) for f in start), jnp.float32(2.0 * start_error)
+    with programs_compiled() as names:
+        default = jaxcpd.epc(x, start, max_iter=4)
+        looser = jaxcpd.epc(x, start, delta=delta, max_iter=4)
+    assert names.count("jit(_epc_call)") == 1 and len(names) <= 3, names
+    assert float(default.rel_error) * norm <= start_error * (1 + 1e-5)
+    assert float(looser.rel_error) * norm <= 2.0 * start_error * (1 + 1e-5)
 
 
 def test_vmap_over_batch():
