@@ -389,7 +389,7 @@ def _epc_call(x, factors, delta, given, tol, *, max_iter, objective):
     scale, per_factor = power_of_two_scale(x, x.ndim)
     x = x / scale
     factors = rescale_cpd(factors, scale)
-    delta = jnp.where(given, delta / scale, jnp.linalg.norm(x - reconstruct(factors)))
+    delta = lax.cond(given, lambda: delta / scale, lambda: jnp.linalg.norm(x - reconstruct(factors)))
     res = _epc(x, factors, delta, tol, max_iter=max_iter, objective=objective)
     # Eq. 5 multiplies N - 1 squared factor norms, eq. 3 all N of them.
     sens_scale, intensity_scale = per_factor ** (2 * (x.ndim - 1)), per_factor ** (2 * x.ndim)

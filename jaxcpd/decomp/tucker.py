@@ -102,9 +102,10 @@ def _spectrum(x, w, mode, rank):
 
 @jax.jit
 def _scaled(x):
-    """``x`` divided by its power-of-two scale (``_scale.py``) and ``|x / scale|^2``."""
-    x = x / power_of_two_scale(x)[0]
-    return x, jnp.sum(x * x)
+    """``x`` divided by its power-of-two scale (``_scale.py``), the scale, and ``|x / scale|^2``."""
+    scale = power_of_two_scale(x)[0]
+    x = x / scale
+    return x, scale, jnp.sum(x * x)
 
 
 def _energy_rank(vals, needed):
@@ -113,12 +114,13 @@ def _energy_rank(vals, needed):
     return int(min(max(np.searchsorted(cum, needed) + 1, 1), len(cum)))
 
 
-def _ranks_for_bound(x, norm_sq, error_bound, tol, max_iter):
-    """Smallest Tucker-2 ranks meeting a relative error bound (eq. 15-18).
+def _smallest_for_bound(x, norm_sq, error_bound, tol, max_iter):
+    """Tucker-2 with the smallest ranks meeting a relative error bound (eq. 15-18).
 
     Alternates the eigenvalue-energy rule of eq. 17 for U and for V until the ranks
     stop changing, then descends while a fixed-rank Tucker-2 with one rank smaller
-    still meets the bound.
+    still meets the bound. Returns the fixed-rank result the search accepted last
+    (each ranks' decomposition is computed once).
     """
     needed = norm_sq * (1.0 - error_bound**2)
     j, k = x.shape[1], x.shape[2]
@@ -135,9 +137,12 @@ def _ranks_for_bound(x, norm_sq, error_bound, tol, max_iter):
             break
         ranks = (r1, r2)
 
+    results = {}
+
     def meets(r):
-        res = _tucker2_fixed(x, tol, ranks=r, max_iter=max_iter)
-        return float(res.rel_error) <= error_bound
+        if r not in results:
+            results[r] = _tucker2_fixed(x, tol, ranks=r, max_iter=max_iter)
+        return float(results[r].rel_error) <= error_bound
 
     while not meets(ranks) and ranks != (j, k):
         ranks = (min(ranks[0] + 1, j), min(ranks[1] + 1, k))
@@ -151,7 +156,7 @@ def _ranks_for_bound(x, norm_sq, error_bound, tol, max_iter):
             if min(cand) >= 1 and meets(cand):
                 ranks, improved = cand, True
                 break
-    return ranks
+    return results[ranks]
 
 
 def tucker2(x, ranks=None, *, error_bound=None, max_iter=100, tol=1e-7):
@@ -182,9 +187,12 @@ def tucker2(x, ranks=None, *, error_bound=None, max_iter=100, tol=1e-7):
         error_bound = check_fraction(error_bound, "error_bound")
         if not is_concrete(x):
             raise ValueError("error_bound needs a concrete x (ranks depend on data); pass ranks under jit")
-        scaled, norm_sq = _scaled(x)
-        norm_sq = float(norm_sq)
-        ranks = (1, 1) if norm_sq == 0.0 else _ranks_for_bound(scaled, norm_sq, error_bound, tol, max_iter)
+        scaled, scale, norm_sq = _scaled(x)
+        if float(norm_sq) > 0.0:
+            tol = jnp.asarray(tol, x.dtype)
+            result = _smallest_for_bound(scaled, float(norm_sq), error_bound, tol, max_iter)
+            return result._replace(core=result.core * scale)
+        ranks = (1, 1)
     if not isinstance(ranks, tuple | list) or len(ranks) != 2:
         raise ValueError(f"ranks must be a pair (R1, R2), got {ranks!r}")
     ranks = (
