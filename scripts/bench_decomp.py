@@ -8,7 +8,7 @@ child process with the default OpenBLAS threading, so it keeps its threaded GEMM
 
 Everything is measured in the same process, so the ratios hold even on a noisy
 machine:
-  * matmul rate: a jitted float32 GEMM (GFLOP/s), measured again right before each
+  * matmul rate: a jitted full-float32 GEMM (GFLOP/s), measured again right before each
     row so that the roofline ratio compares times taken under the same load;
   * roofline of one ALS sweep: 4 * I*J*K * R flops / that rate (the two MTTKRP
     GEMMs, the issue's yardstick);
@@ -47,9 +47,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorly as tl
 from jax import lax
-from tensorly.decomposition import parafac
 
 import jaxcpd
 from jaxcpd.decomp.cp_als import cholesky, cholesky_solve_rows, hadamard_grams
@@ -73,9 +71,12 @@ def best_time(fn, repeats=3):
     return min(times)
 
 
-def matmul_gflops(n=2048):
+def matmul_gflops():
+    """Full-float32 GEMM rate, the precision the sweeps use (``jaxcpd/decomp/_precision.py``);
+    a larger matrix on an accelerator, where 2048 would take a fraction of a millisecond."""
+    n = 2048 if jax.default_backend() == "cpu" else 8192
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    f = jax.jit(lambda m: m @ m)
+    f = jax.jit(lambda m: jnp.matmul(m, m, precision=lax.Precision.HIGHEST))
     return 2 * n**3 / best_time(lambda: f(a).block_until_ready(), repeats=5) / 1e9
 
 
@@ -160,6 +161,9 @@ def bench_lapack_floor(shape, rank):
 
 
 def bench_tensorly(shape, rank):
+    import tensorly as tl
+    from tensorly.decomposition import parafac
+
     tl.set_backend("numpy")
     x, start = tensor_and_start(shape, rank)
     lo, hi = sweep_counts(shape, rank)
@@ -184,6 +188,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     parser.add_argument("--quick", action="store_true", help="two smallest shapes only")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    parser.add_argument(
+        "--no-tensorly", action="store_true", help="skip TensorLy (e.g. on an accelerator host without it)"
+    )
     parser.add_argument("--tensorly", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tensorly:
@@ -193,7 +200,8 @@ def main():
     shapes = SHAPES[:2] if args.quick else SHAPES
     lines = [
         f"matmul rate measured before each row (float32, jax {jax.__version__}, "
-        f"{jax.default_backend()}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+        f"{jax.default_backend()} ({jax.devices()[0].device_kind}), "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
         f"load average {os.getloadavg()[0]:.1f} at the start); "
         "roofline = 4*I*J*K*R / rate; all-flop roofline = (4*I*J*K*R + 4*R^2*(I+J+K) + R^3) / rate",
         "",
@@ -208,7 +216,7 @@ def main():
             rate = matmul_gflops()
             t_ours, t_epc, epc_ratio = bench_ours(shape, rank)
             t_lapack = bench_lapack_floor(shape, rank)
-            t_tl = tensorly_in_child(shape, rank)
+            t_tl = float("nan") if args.no_tensorly else tensorly_in_child(shape, rank)
             roof = 4 * np.prod(shape) * rank / (rate * 1e9)
             all_flops = 4 * np.prod(shape) * rank + 4 * rank**2 * sum(shape) + rank**3
             roof_all = all_flops / (rate * 1e9)

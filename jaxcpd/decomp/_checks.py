@@ -26,7 +26,12 @@ def _all_finite(arrays):
 def all_finite(*arrays) -> bool:
     """``True`` unless a concrete array holds a NaN or Inf (tracers are not checked)."""
     concrete = tuple(a for a in arrays if is_concrete(a))
-    return not concrete or bool(_all_finite(concrete))
+    if not concrete:
+        return True
+    # Constants closed over by a function being traced are concrete too; evaluate
+    # their check now instead of staging it into the trace.
+    with jax.ensure_compile_time_eval():
+        return bool(_all_finite(concrete))
 
 
 def as_float_array(

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._checks import as_float_array, check_factors, check_key, check_positive_int, check_tol
+from ._precision import float32_matmuls
 from ._scale import power_of_two_scale, rescale_cpd
 from ._sum import pairwise_sum
 from .kruskal import balance, khatri_rao, reconstruct
@@ -221,6 +222,7 @@ def _random_init(x, rank, key):
 
 
 @partial(jax.jit, static_argnames=("max_iter",))
+@float32_matmuls
 def _cp_als(x, init, tol, *, max_iter):
     dtype = x.dtype
     eps = jnp.finfo(dtype).eps
@@ -314,6 +316,7 @@ def cp_als(x, rank, *, key=None, init="svd", max_iter=500, tol=1e-6):
 
 
 @partial(jax.jit, static_argnames=("rank", "init"))
+@float32_matmuls
 def _initial_factors(x, key, *, rank, init):
     """``init`` ("svd" or "random") factors for ``x`` divided by its power-of-two scale."""
     x = x / power_of_two_scale(x, x.ndim)[0]

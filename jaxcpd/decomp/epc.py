@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._checks import as_float_array, check_factors, check_positive_int, check_tol, is_concrete
+from ._precision import float32_matmuls
 from ._scale import power_of_two_scale, rescale_cpd
 from .cp_als import cholesky, cholesky_solve_rows, dimension_tree_sweep, gram, gram_solve
 from .kruskal import balance, balance_scales, reconstruct, sensitivity
@@ -241,6 +242,7 @@ def _intensity_sum(factors):
 
 
 @partial(jax.jit, static_argnames=("max_iter", "objective"))
+@float32_matmuls
 def _epc(x, factors, delta, tol, *, max_iter, objective):
     norm_sq = jnp.sum(x * x)
     safe_norm = jnp.where(norm_sq > 0, jnp.sqrt(norm_sq), 1.0)
@@ -378,6 +380,7 @@ def epc(x, factors, *, delta=None, objective="sensitivity", max_iter=200, tol=1e
 
 
 @partial(jax.jit, static_argnames=("max_iter", "objective"))
+@float32_matmuls
 def _epc_call(x, factors, delta, given, tol, *, max_iter, objective):
     """:func:`epc` after validation, as one program: scaling, the bound, the sweeps.
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import as_float_array
+from ._precision import float32_matmuls
 from ._scale import power_of_two_scale
 from .cp_als import CPResult, cp_als
 from .epc import EPCResult, epc
@@ -104,6 +105,7 @@ def tkd_cpd(x, ranks, cp_rank, *, key=None, epc=True, tucker_kwargs=None, als_kw
 
 
 @jax.jit
+@float32_matmuls
 def _tkd_cpd_errors(x, core, u, v, factors):
     """Relative errors of ``[[A, U B, V C]]`` against ``x`` and of ``[[A, B, C]]`` against the core."""
     a, b, c = factors

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_factors
+from ._precision import float32_matmuls
 from ._scale import max_exponent, out_of_range, rescale_cpd
 
 
@@ -69,7 +70,7 @@ def cp_reconstruct(factors):
     return _jit_reconstruct(check_factors(factors))
 
 
-_jit_reconstruct = jax.jit(reconstruct)
+_jit_reconstruct = jax.jit(float32_matmuls(reconstruct))
 
 
 def cp_intensities(factors):

@@ -17,6 +17,7 @@ import numpy as np
 from jax import lax
 
 from ._checks import as_float_array, check_fraction, check_positive_int, check_tol, is_concrete
+from ._precision import float32_matmuls
 from ._scale import power_of_two_scale
 
 
@@ -65,6 +66,7 @@ def tucker_reconstruct(core, u, v):
 
 
 @partial(jax.jit, static_argnames=("ranks", "max_iter"))
+@float32_matmuls
 def _tucker2_fixed(x, tol, *, ranks, max_iter):
     r1, r2 = ranks
     norm_sq = jnp.sum(x * x)
@@ -94,6 +96,7 @@ def _tucker2_fixed(x, tol, *, ranks, max_iter):
 
 
 @partial(jax.jit, static_argnums=(2, 3))
+@float32_matmuls
 def _spectrum(x, w, mode, rank):
     """:func:`_top_eigvecs` of eq. 16's ``Q1`` (``mode=1``, ``w = V``) or eq. 18's ``Q2``
     (``mode=2``, ``w = U``), as one program."""

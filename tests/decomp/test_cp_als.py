@@ -211,6 +211,16 @@ def test_bad_tensor(x, match):
         jaxcpd.cp_als(x, 1)
 
 
+
+def test_a_constant_closed_over_by_a_traced_function_is_still_checked():
+    # Inside jit a closed-over array is concrete: its finiteness check runs now
+    # instead of being staged into the trace (which failed on bool() of a tracer).
+    x = jnp.asarray(full(random_factors((9, 6, 7), 2, seed=5)), jnp.float32)
+    assert float(jax.jit(lambda: jaxcpd.cp_als(x, 2, max_iter=500).rel_error)()) < 1e-5
+    bad = x.at[0, 0, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        jax.jit(lambda: jaxcpd.cp_als(bad, 2).rel_error)()
+
 def test_typed_and_raw_keys_give_the_same_start():
     x = np.random.default_rng(0).standard_normal((9, 4, 5)).astype(np.float32)
     raw = jaxcpd.cp_als(x, 7, key=jax.random.PRNGKey(3), init="random", max_iter=3)

@@ -16,7 +16,10 @@ def test_eckart_young(rank):
     assert u.shape == (40, rank) and v.shape == (64, rank)
     s = np.linalg.svd(np.asarray(m, np.float64), compute_uv=False)
     np.testing.assert_allclose(
-        np.linalg.norm(m - u @ v.T), np.sqrt(np.sum(s[rank:] ** 2)), rtol=1e-4, atol=1e-4
+        np.linalg.norm(m - np.asarray(u, np.float64) @ np.asarray(v, np.float64).T),
+        np.sqrt(np.sum(s[rank:] ** 2)),
+        rtol=1e-4,
+        atol=1e-4,
     )
     # balanced split: both factors carry sqrt of the singular values
     np.testing.assert_allclose(np.linalg.norm(u, axis=0), np.linalg.norm(v, axis=0), rtol=1e-4)
