@@ -221,9 +221,21 @@ def _random_init(x, rank, key):
     )
 
 
-@partial(jax.jit, static_argnames=("max_iter",))
+def history_slots(length: int) -> int:
+    """Static length of a per-sweep history of ``length`` entries: the next power of two, at least 64.
+
+    The sweep count is a traced argument of the programs and only this length is
+    static, so any ``max_iter`` up to 64 shares one compiled program per shape (and
+    so on per power of two); the public functions slice the history to its documented
+    length. With ``max_iter`` static, every new value compiled the sweeps again
+    (1.5-8 s each for ``cp_als`` and ``epc``).
+    """
+    return max(64, 1 << (length - 1).bit_length())
+
+
+@partial(jax.jit, static_argnames=("slots",))
 @float32_matmuls
-def _cp_als(x, init, tol, *, max_iter):
+def _cp_als(x, init, tol, max_iter, *, slots):
     dtype = x.dtype
     eps = jnp.finfo(dtype).eps
     norm_x = jnp.linalg.norm(x)
@@ -254,7 +266,7 @@ def _cp_als(x, init, tol, *, max_iter):
         new_err = rel_err(factors, err_sq)
         return it + 1, factors, grams, new_err, err, errors.at[it].set(new_err)
 
-    errors = jnp.zeros((max_iter,), dtype)
+    errors = jnp.zeros((slots,), dtype)
     one = jnp.ones((), dtype)
     grams = tuple(gram(f) for f in init)
     state = (jnp.zeros((), jnp.int32), init, grams, one, 2 * one, errors)
@@ -264,7 +276,7 @@ def _cp_als(x, init, tol, *, max_iter):
     keep = norm_x > 0
     factors = tuple(jnp.where(keep, f, 0.0) for f in factors)
     final = jnp.where(keep, final, 0.0)
-    errors = jnp.where(jnp.arange(max_iter) < n_iter, errors, final)
+    errors = jnp.where(jnp.arange(slots) < n_iter, errors, final)
     return CPResult(factors, final, n_iter, errors)
 
 
@@ -279,7 +291,8 @@ def cp_als(x, rank, *, key=None, init="svd", max_iter=500, tol=1e-6):
       init: ``"svd"`` (leading singular vectors of the unfoldings, HOSVD, padded
         with random columns when R exceeds a dimension), ``"random"`` (Gaussian),
         or a tuple of factor matrices ``(I_n, R)``.
-      max_iter: maximum number of sweeps (static).
+      max_iter: maximum number of sweeps (static: it sets the history's length; the
+        program is compiled per power of two, see ``history_slots``).
       tol: stop when the relative change of the relative error is below ``tol``.
 
     Returns:
@@ -306,7 +319,8 @@ def cp_als(x, rank, *, key=None, init="svd", max_iter=500, tol=1e-6):
         if start[0].shape[1] != rank:
             raise ValueError(f"init factors have rank {start[0].shape[1]}, but rank={rank}")
         factors = _rescaled_start(x, start)
-    return _cp_als_call(x, factors, jnp.asarray(tol, x.dtype), max_iter=max_iter)
+    result = _cp_als_call(x, factors, jnp.asarray(tol, x.dtype), max_iter, slots=history_slots(max_iter))
+    return result._replace(errors=result.errors[:max_iter])
 
 
 # The public function runs as three programs, each compiled once per shape: the
@@ -329,9 +343,9 @@ def _rescaled_start(x, start):
     return rescale_cpd(tuple(f.astype(x.dtype) for f in start), power_of_two_scale(x, x.ndim)[0])
 
 
-@partial(jax.jit, static_argnames=("max_iter",))
-def _cp_als_call(x, factors, tol, *, max_iter):
+@partial(jax.jit, static_argnames=("slots",))
+def _cp_als_call(x, factors, tol, max_iter, *, slots):
     """The sweeps on ``x`` divided by its power-of-two scale; the factors scaled back."""
     scale, per_factor = power_of_two_scale(x, x.ndim)
-    result = _cp_als(x / scale, factors, tol, max_iter=max_iter)
+    result = _cp_als(x / scale, factors, tol, max_iter, slots=slots)
     return result._replace(factors=tuple(f * per_factor for f in result.factors))

@@ -45,7 +45,7 @@ from jax import lax
 from ._checks import as_float_array, check_factors, check_positive_int, check_tol, is_concrete
 from ._precision import float32_matmuls
 from ._scale import power_of_two_scale, rescale_cpd
-from .cp_als import cholesky, cholesky_solve_rows, dimension_tree_sweep, gram, gram_solve
+from .cp_als import cholesky, cholesky_solve_rows, dimension_tree_sweep, gram, gram_solve, history_slots
 from .kruskal import balance, balance_scales, reconstruct, sensitivity
 
 OBJECTIVES = ("sensitivity", "intensity")
@@ -241,9 +241,9 @@ def _intensity_sum(factors):
     return jnp.sum(jnp.prod(jnp.stack([jnp.sum(f * f, axis=0) for f in factors]), axis=0))
 
 
-@partial(jax.jit, static_argnames=("max_iter", "objective"))
+@partial(jax.jit, static_argnames=("slots", "objective"))
 @float32_matmuls
-def _epc(x, factors, delta, tol, *, max_iter, objective):
+def _epc(x, factors, delta, tol, max_iter, *, slots, objective):
     norm_sq = jnp.sum(x * x)
     safe_norm = jnp.where(norm_sq > 0, jnp.sqrt(norm_sq), 1.0)
     minimised = OBJECTIVES.index(objective)  # which of ``metrics`` the sweeps lower
@@ -305,7 +305,7 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
         return it + 1, factors, grams, value, change, slack, rounding, mus, record(hist, it + 1, values, err)
 
     factors = balance(factors)
-    zeros = jnp.zeros((max_iter + 1,), x.dtype)
+    zeros = jnp.zeros((slots,), x.dtype)
     err, slack = exact(factors)
     values = metrics(factors)
     hist = record(EPCHistory(zeros, zeros, zeros), 0, values, err)
@@ -315,7 +315,7 @@ def _epc(x, factors, delta, tol, *, max_iter, objective):
     grams = tuple(gram(f) for f in factors)
     state = (jnp.zeros((), jnp.int32), factors, grams, start, zero, slack, zero, mus, hist)
     n_iter, factors, _, _, _, _, _, _, hist = lax.while_loop(cond, body, state)
-    valid = jnp.arange(max_iter + 1) <= n_iter
+    valid = jnp.arange(slots) <= n_iter
     hist = EPCHistory(*(jnp.where(valid, h, h[n_iter]) for h in hist))
     return EPCResult(factors, hist.rel_error[n_iter], hist.sensitivity[n_iter], n_iter, hist)
 
@@ -337,7 +337,8 @@ def epc(x, factors, *, delta=None, objective="sensitivity", max_iter=200, tol=1e
         paper's choice). A bound above ``||x||`` gives the zero model; a bound below
         what a subproblem can reach leaves that factor unchanged.
       objective: ``"sensitivity"`` (eq. 11) or ``"intensity"`` (eq. 13).
-      max_iter: maximum number of sweeps (static).
+      max_iter: maximum number of sweeps (static: it sets the history's length; the
+        program is compiled per power of two, see ``cp_als.history_slots``).
       tol: stop when the objective changes by less than ``tol`` (relative) in a sweep.
 
     Returns:
@@ -376,16 +377,17 @@ def epc(x, factors, *, delta=None, objective="sensitivity", max_iter=200, tol=1e
     if is_concrete(delta) and not (math.isfinite(float(delta)) and float(delta) >= 0):
         raise ValueError(f"delta must be a finite float >= 0, got {float(delta)}")
     tol = jnp.asarray(tol, x.dtype)
-    return _epc_call(x, factors, delta, given, tol, max_iter=max_iter, objective=objective)
+    res = _epc_call(x, factors, delta, given, tol, max_iter, slots=history_slots(max_iter + 1), objective=objective)
+    return res._replace(history=EPCHistory(*(h[: max_iter + 1] for h in res.history)))
 
 
-@partial(jax.jit, static_argnames=("max_iter", "objective"))
+@partial(jax.jit, static_argnames=("slots", "objective"))
 @float32_matmuls
-def _epc_call(x, factors, delta, given, tol, *, max_iter, objective):
+def _epc_call(x, factors, delta, given, tol, max_iter, *, slots, objective):
     """:func:`epc` after validation, as one program: scaling, the bound, the sweeps.
 
     ``delta`` is used when ``given``, else the error of ``factors`` is. One compilation
-    per shape and options, with or without ``delta`` (run op by op, the scaling alone
+    per shape, options and ``history_slots``, with or without ``delta`` (run op by op, the scaling alone
     compiled some twenty small programs on each new shape).
     """
     factors = tuple(f.astype(x.dtype) for f in factors)
@@ -393,7 +395,7 @@ def _epc_call(x, factors, delta, given, tol, *, max_iter, objective):
     x = x / scale
     factors = rescale_cpd(factors, scale)
     delta = lax.cond(given, lambda: delta / scale, lambda: jnp.linalg.norm(x - reconstruct(factors)))
-    res = _epc(x, factors, delta, tol, max_iter=max_iter, objective=objective)
+    res = _epc(x, factors, delta, tol, max_iter, slots=slots, objective=objective)
     # Eq. 5 multiplies N - 1 squared factor norms, eq. 3 all N of them.
     sens_scale, intensity_scale = per_factor ** (2 * (x.ndim - 1)), per_factor ** (2 * x.ndim)
     hist = res.history._replace(

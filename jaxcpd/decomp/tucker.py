@@ -65,9 +65,9 @@ def tucker_reconstruct(core, u, v):
     return jnp.einsum("irs,jr,ks->ijk", core, u, v)
 
 
-@partial(jax.jit, static_argnames=("ranks", "max_iter"))
+@partial(jax.jit, static_argnames=("ranks",))
 @float32_matmuls
-def _tucker2_fixed(x, tol, *, ranks, max_iter):
+def _tucker2_fixed(x, tol, max_iter, *, ranks):
     r1, r2 = ranks
     norm_sq = jnp.sum(x * x)
     safe = jnp.where(norm_sq > 0, norm_sq, 1.0)
@@ -144,7 +144,7 @@ def _smallest_for_bound(x, norm_sq, error_bound, tol, max_iter):
 
     def meets(r):
         if r not in results:
-            results[r] = _tucker2_fixed(x, tol, ranks=r, max_iter=max_iter)
+            results[r] = _tucker2_fixed(x, tol, max_iter, ranks=r)
         return float(results[r].rel_error) <= error_bound
 
     while not meets(ranks) and ranks != (j, k):
@@ -202,12 +202,12 @@ def tucker2(x, ranks=None, *, error_bound=None, max_iter=100, tol=1e-7):
         check_positive_int(ranks[0], "ranks[0]", upper=x.shape[1]),
         check_positive_int(ranks[1], "ranks[1]", upper=x.shape[2]),
     )
-    return _tucker2_call(x, jnp.asarray(tol, x.dtype), ranks=ranks, max_iter=max_iter)
+    return _tucker2_call(x, jnp.asarray(tol, x.dtype), max_iter, ranks=ranks)
 
 
-@partial(jax.jit, static_argnames=("ranks", "max_iter"))
-def _tucker2_call(x, tol, *, ranks, max_iter):
+@partial(jax.jit, static_argnames=("ranks",))
+def _tucker2_call(x, tol, max_iter, *, ranks):
     """:func:`tucker2` at fixed ranks after validation, scaling included, as one program."""
     scale = power_of_two_scale(x)[0]
-    result = _tucker2_fixed(x / scale, tol, ranks=ranks, max_iter=max_iter)
+    result = _tucker2_fixed(x / scale, tol, max_iter, ranks=ranks)
     return result._replace(core=result.core * scale)

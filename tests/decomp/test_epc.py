@@ -187,7 +187,9 @@ def test_a_new_shape_compiles_one_program_with_or_without_delta():
     with programs_compiled() as names:
         default = jaxcpd.epc(x, start, max_iter=4)
         looser = jaxcpd.epc(x, start, delta=delta, max_iter=4)
-    assert names.count("jit(_epc_call)") == 1 and len(names) <= 3, names
+        longer = jaxcpd.epc(x, start, delta=delta, max_iter=9, tol=0.0)  # the sweep count is traced
+    assert names.count("jit(_epc_call)") == 1 and len(names) <= 5, names
+    assert longer.history.rel_error.shape == (10,) and default.history.rel_error.shape == (5,)
     assert float(default.rel_error) * norm <= start_error * (1 + 1e-5)
     assert float(looser.rel_error) * norm <= 2.0 * start_error * (1 + 1e-5)
 

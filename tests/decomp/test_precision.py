@@ -25,7 +25,7 @@ PROGRAMS = {
     "epc intensity": lambda: jaxcpd.epc(X, FACTORS, delta=1.0, objective="intensity", max_iter=2),
     "cpd_epc": lambda: jaxcpd.cpd_epc(X, 3, als_kwargs={"max_iter": 3}, epc_kwargs={"max_iter": 3}),
     "tucker2 fixed ranks": lambda: jaxcpd.tucker2(X, (4, 3), max_iter=3),
-    "tucker2 error-bound search, fixed step": lambda: _tucker2_fixed(X, 0.0, ranks=(4, 3), max_iter=3),
+    "tucker2 error-bound search, fixed step": lambda: _tucker2_fixed(X, 0.0, 3, ranks=(4, 3)),
     "tucker2 error-bound search, eigen step": lambda: _spectrum(X, U[:6, :3], 1, 4),
     "tkd_cpd": lambda: jaxcpd.tkd_cpd(X, (4, 3), 3, als_kwargs={"max_iter": 3}, epc_kwargs={"max_iter": 3}),
     "cp_reconstruct": lambda: jaxcpd.cp_reconstruct(FACTORS),
