@@ -377,7 +377,8 @@ def epc(x, factors, *, delta=None, objective="sensitivity", max_iter=200, tol=1e
     if is_concrete(delta) and not (math.isfinite(float(delta)) and float(delta) >= 0):
         raise ValueError(f"delta must be a finite float >= 0, got {float(delta)}")
     tol = jnp.asarray(tol, x.dtype)
-    res = _epc_call(x, factors, delta, given, tol, max_iter, slots=history_slots(max_iter + 1), objective=objective)
+    slots = history_slots(max_iter + 1)
+    res = _epc_call(x, factors, delta, given, tol, max_iter, slots=slots, objective=objective)
     return res._replace(history=EPCHistory(*(h[: max_iter + 1] for h in res.history)))
 
 

@@ -164,7 +164,7 @@ def test_a_new_max_iter_reuses_the_compiled_sweeps():
     """The sweep count is traced (only the history's power-of-two length is static): a
     run with more sweeps compiles no sweep program, and its first sweeps are the
     shorter run's, bit for bit."""
-    x = jnp.asarray(np.random.default_rng(14).standard_normal((6, 5, 7)), jnp.float32)  # a shape no other test uses
+    x = jnp.asarray(np.random.default_rng(14).standard_normal((6, 5, 7)), jnp.float32)  # a new shape
     short = jaxcpd.cp_als(x, 3, max_iter=7, tol=0.0)
     with programs_compiled() as names:
         long = jaxcpd.cp_als(x, 3, max_iter=40, tol=0.0)

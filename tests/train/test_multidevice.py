@@ -50,7 +50,8 @@ _SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def result():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "-c", _SCRIPT]
     here = os.path.dirname(os.path.abspath(__file__))
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=here)
