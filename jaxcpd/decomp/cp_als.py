@@ -233,9 +233,8 @@ def history_slots(length: int) -> int:
     return max(64, 1 << (length - 1).bit_length())
 
 
-@partial(jax.jit, static_argnames=("slots",))
-@float32_matmuls
-def _cp_als(x, init, tol, max_iter, *, slots):
+def _cp_als(x, init, tol, max_iter, slots):
+    """The ALS sweeps from ``init`` (traced inside :func:`_cp_als_call`)."""
     dtype = x.dtype
     eps = jnp.finfo(dtype).eps
     norm_x = jnp.linalg.norm(x)
@@ -344,8 +343,9 @@ def _rescaled_start(x, start):
 
 
 @partial(jax.jit, static_argnames=("slots",))
+@float32_matmuls
 def _cp_als_call(x, factors, tol, max_iter, *, slots):
     """The sweeps on ``x`` divided by its power-of-two scale; the factors scaled back."""
     scale, per_factor = power_of_two_scale(x, x.ndim)
-    result = _cp_als(x / scale, factors, tol, max_iter, slots=slots)
+    result = _cp_als(x / scale, factors, tol, max_iter, slots)
     return result._replace(factors=tuple(f * per_factor for f in result.factors))

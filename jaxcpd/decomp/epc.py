@@ -241,9 +241,8 @@ def _intensity_sum(factors):
     return jnp.sum(jnp.prod(jnp.stack([jnp.sum(f * f, axis=0) for f in factors]), axis=0))
 
 
-@partial(jax.jit, static_argnames=("slots", "objective"))
-@float32_matmuls
-def _epc(x, factors, delta, tol, max_iter, *, slots, objective):
+def _epc(x, factors, delta, tol, max_iter, slots, objective):
+    """The EPC sweeps at the bound ``delta`` (traced inside :func:`_epc_call`)."""
     norm_sq = jnp.sum(x * x)
     safe_norm = jnp.where(norm_sq > 0, jnp.sqrt(norm_sq), 1.0)
     minimised = OBJECTIVES.index(objective)  # which of ``metrics`` the sweeps lower
@@ -396,7 +395,7 @@ def _epc_call(x, factors, delta, given, tol, max_iter, *, slots, objective):
     x = x / scale
     factors = rescale_cpd(factors, scale)
     delta = lax.cond(given, lambda: delta / scale, lambda: jnp.linalg.norm(x - reconstruct(factors)))
-    res = _epc(x, factors, delta, tol, max_iter, slots=slots, objective=objective)
+    res = _epc(x, factors, delta, tol, max_iter, slots, objective)
     # Eq. 5 multiplies N - 1 squared factor norms, eq. 3 all N of them.
     sens_scale, intensity_scale = per_factor ** (2 * (x.ndim - 1)), per_factor ** (2 * x.ndim)
     hist = res.history._replace(

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_factors
-from ._precision import float32_matmuls
 from ._scale import max_exponent, out_of_range, rescale_cpd
 
 
@@ -51,11 +50,12 @@ def khatri_rao(mats, *, transposed=False):
 
 
 def reconstruct(factors):
-    """Unchecked :func:`cp_reconstruct` for internal use on trusted factors."""
+    """Unchecked :func:`cp_reconstruct` for internal use on trusted factors (the layers'
+    dense kernels too), its product at full float32 precision (``_precision.py``)."""
     # The Khatri-Rao product of all but the last mode is (D^2 S, R) for a conv kernel;
     # that of all but the first would be (S T, R), hundreds of MB for 512x512 kernels.
     shape = tuple(f.shape[0] for f in factors)
-    return (khatri_rao(factors[:-1]) @ factors[-1].T).reshape(shape)
+    return jnp.matmul(khatri_rao(factors[:-1]), factors[-1].T, precision="highest").reshape(shape)
 
 
 def cp_reconstruct(factors):
@@ -70,7 +70,7 @@ def cp_reconstruct(factors):
     return _jit_reconstruct(check_factors(factors))
 
 
-_jit_reconstruct = jax.jit(float32_matmuls(reconstruct))
+_jit_reconstruct = jax.jit(reconstruct)
 
 
 def cp_intensities(factors):

@@ -29,6 +29,7 @@ PROGRAMS = {
     "tucker2 error-bound search, eigen step": lambda: _spectrum(X, U[:6, :3], 1, 4),
     "tkd_cpd": lambda: jaxcpd.tkd_cpd(X, (4, 3), 3, als_kwargs={"max_iter": 3}, epc_kwargs={"max_iter": 3}),
     "cp_reconstruct": lambda: jaxcpd.cp_reconstruct(FACTORS),
+    "a CP block's dense kernel": lambda: jaxcpd.nn.CPConv.from_factors(FACTORS, kernel_size=3).dense_kernel(),
     "truncated_svd": lambda: jaxcpd.truncated_svd(X[0], 3),
 }
 
