@@ -41,7 +41,7 @@ import os
 import subprocess
 import sys
 import time
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import jax
@@ -71,13 +71,21 @@ def best_time(fn, repeats=3):
     return min(times)
 
 
-def matmul_gflops():
-    """Full-float32 GEMM rate, the precision the sweeps use (``jaxcpd/decomp/_precision.py``);
-    a larger matrix on an accelerator, where 2048 would take a fraction of a millisecond."""
+@cache
+def _gemm_operand():
+    """The matrix the GEMM rate squares: larger on an accelerator, where 2048 would take a
+    fraction of a millisecond. Drawn once per run, not before every row."""
     n = 2048 if jax.default_backend() == "cpu" else 8192
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    f = jax.jit(lambda m: jnp.matmul(m, m, precision=lax.Precision.HIGHEST))
-    return 2 * n**3 / best_time(lambda: f(a).block_until_ready(), repeats=5) / 1e9
+    return jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+
+
+_square = jax.jit(lambda m: jnp.matmul(m, m, precision=lax.Precision.HIGHEST))
+
+
+def matmul_gflops():
+    """Full-float32 GEMM rate, the precision the sweeps use (``jaxcpd/decomp/_precision.py``)."""
+    a = _gemm_operand()
+    return 2 * a.shape[0] ** 3 / best_time(lambda: _square(a).block_until_ready(), repeats=5) / 1e9
 
 
 def _wall(fn):

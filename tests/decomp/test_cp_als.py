@@ -226,7 +226,6 @@ def test_bad_tensor(x, match):
         jaxcpd.cp_als(x, 1)
 
 
-
 def test_a_constant_closed_over_by_a_traced_function_is_still_checked():
     # Inside jit a closed-over array is concrete: its finiteness check runs now
     # instead of being staged into the trace (which failed on bool() of a tracer).
@@ -235,6 +234,7 @@ def test_a_constant_closed_over_by_a_traced_function_is_still_checked():
     bad = x.at[0, 0, 0].set(jnp.nan)
     with pytest.raises(ValueError, match="NaN or Inf"):
         jax.jit(lambda: jaxcpd.cp_als(bad, 2).rel_error)()
+
 
 def test_typed_and_raw_keys_give_the_same_start():
     x = np.random.default_rng(0).standard_normal((9, 4, 5)).astype(np.float32)
