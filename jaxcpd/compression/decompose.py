@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..decomp import cp_als, cp_intensities, cp_sensitivity, cpd_epc, tkd_cpd, truncated_svd, tucker2
+from ..decomp._program import jit_options
 from .plan import CP_METHODS, TKD_METHODS, LayerPlan
 
 # vmap pays off where per-layer overheads dominate; on big layers it only turns the
@@ -103,9 +104,11 @@ def _with_metrics(fn):
 
 def _stacked_fn(entry, als_kwargs, epc_kwargs, vmapped):
     fn = _with_metrics(decomposition_fn(entry, als_kwargs, epc_kwargs))
+    # The decomposition programs' own compiler options (``decomp/_program.py``), which the
+    # programs inlined into this one would otherwise lose.
     if vmapped:
-        return jax.jit(jax.vmap(fn))
-    single = jax.jit(fn)
+        return jax.jit(jax.vmap(fn), **jit_options())
+    single = jax.jit(fn, **jit_options())
 
     def one_by_one(xs, keys):
         outs = [single(x, k) for x, k in zip(xs, keys, strict=True)]

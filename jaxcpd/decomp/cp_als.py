@@ -21,7 +21,6 @@ the Hadamard product of the other Gram matrices.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._checks import as_float_array, check_factors, check_key, check_positive_int, check_tol
-from ._precision import float32_matmuls
+from ._program import program
 from ._scale import power_of_two_scale, rescale_cpd
 from ._sum import pairwise_sum
 from .kruskal import balance, khatri_rao, reconstruct
@@ -328,8 +327,7 @@ def cp_als(x, rank, *, key=None, init="svd", max_iter=500, tol=1e-6):
 # programs on each new shape (1.5-2 s, about as long as the sweeps' own compilation).
 
 
-@partial(jax.jit, static_argnames=("rank", "init"))
-@float32_matmuls
+@program(static_argnames=("rank", "init"))
 def _initial_factors(x, key, *, rank, init):
     """``init`` ("svd" or "random") factors for ``x`` divided by its power-of-two scale."""
     x = x / power_of_two_scale(x, x.ndim)[0]
@@ -342,8 +340,7 @@ def _rescaled_start(x, start):
     return rescale_cpd(tuple(f.astype(x.dtype) for f in start), power_of_two_scale(x, x.ndim)[0])
 
 
-@partial(jax.jit, static_argnames=("slots",))
-@float32_matmuls
+@program(static_argnames=("slots",))
 def _cp_als_call(x, factors, tol, max_iter, *, slots):
     """The sweeps on ``x`` divided by its power-of-two scale; the factors scaled back."""
     scale, per_factor = power_of_two_scale(x, x.ndim)

@@ -35,7 +35,6 @@ later sweeps come back to it.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -43,7 +42,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._checks import as_float_array, check_factors, check_positive_int, check_tol, is_concrete
-from ._precision import float32_matmuls
+from ._program import program
 from ._scale import power_of_two_scale, rescale_cpd
 from .cp_als import cholesky, cholesky_solve_rows, dimension_tree_sweep, gram, gram_solve, history_slots
 from .kruskal import balance, balance_scales, reconstruct, sensitivity
@@ -381,8 +380,7 @@ def epc(x, factors, *, delta=None, objective="sensitivity", max_iter=200, tol=1e
     return res._replace(history=EPCHistory(*(h[: max_iter + 1] for h in res.history)))
 
 
-@partial(jax.jit, static_argnames=("slots", "objective"))
-@float32_matmuls
+@program(static_argnames=("slots", "objective"))
 def _epc_call(x, factors, delta, given, tol, max_iter, *, slots, objective):
     """:func:`epc` after validation, as one program: scaling, the bound, the sweeps.
 

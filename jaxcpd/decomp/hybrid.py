@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import as_float_array
-from ._precision import float32_matmuls
+from ._program import program
 from ._scale import power_of_two_scale
 from .cp_als import CPResult, cp_als
 from .epc import EPCResult, epc
@@ -104,8 +104,7 @@ def tkd_cpd(x, ranks, cp_rank, *, key=None, epc=True, tucker_kwargs=None, als_kw
     return TKDCPResult(tk.U, tk.V, factors, rel_error, tk.rel_error, core_rel_error, cpd_factors)
 
 
-@jax.jit
-@float32_matmuls
+@program
 def _tkd_cpd_errors(x, core, u, v, factors):
     """Relative errors of ``[[A, U B, V C]]`` against ``x`` and of ``[[A, B, C]]`` against the core."""
     a, b, c = factors

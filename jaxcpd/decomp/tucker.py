@@ -8,7 +8,6 @@ ranks are the smallest that keep ``||K - G x_2 U x_3 V||_F <= delta`` (eq. 15, 1
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -17,7 +16,7 @@ import numpy as np
 from jax import lax
 
 from ._checks import as_float_array, check_fraction, check_positive_int, check_tol, is_concrete
-from ._precision import float32_matmuls
+from ._program import program
 from ._scale import power_of_two_scale
 
 
@@ -65,8 +64,7 @@ def tucker_reconstruct(core, u, v):
     return jnp.einsum("irs,jr,ks->ijk", core, u, v)
 
 
-@partial(jax.jit, static_argnames=("ranks",))
-@float32_matmuls
+@program(static_argnames=("ranks",))
 def _tucker2_fixed(x, tol, max_iter, *, ranks):
     r1, r2 = ranks
     norm_sq = jnp.sum(x * x)
@@ -95,8 +93,7 @@ def _tucker2_fixed(x, tol, max_iter, *, ranks):
     return Tucker2Result(core, u, v, rel_error)
 
 
-@partial(jax.jit, static_argnums=(2, 3))
-@float32_matmuls
+@program(static_argnums=(2, 3))
 def _spectrum(x, w, mode, rank):
     """:func:`_top_eigvecs` of eq. 16's ``Q1`` (``mode=1``, ``w = V``) or eq. 18's ``Q2``
     (``mode=2``, ``w = U``), as one program."""
@@ -205,7 +202,7 @@ def tucker2(x, ranks=None, *, error_bound=None, max_iter=100, tol=1e-7):
     return _tucker2_call(x, jnp.asarray(tol, x.dtype), max_iter, ranks=ranks)
 
 
-@partial(jax.jit, static_argnames=("ranks",))
+@program(static_argnames=("ranks",))
 def _tucker2_call(x, tol, max_iter, *, ranks):
     """:func:`tucker2` at fixed ranks after validation, scaling included, as one program."""
     scale = power_of_two_scale(x)[0]

@@ -45,6 +45,17 @@ def test_big_layers_run_one_after_the_other_with_the_same_results(monkeypatch):
     assert isinstance(mapped[0]["rel_error"], float) and isinstance(mapped[0]["factors"][0], jax.Array)
 
 
+@pytest.mark.parametrize("vmapped", [True, False])
+def test_group_programs_carry_the_decomposition_programs_compiler_options(monkeypatch, vmapped):
+    """The programs inlined into a group program lose their own options; the group program
+    has them instead (an option XLA does not know fails the compilation)."""
+    unknown = {"compiler_options": {"xla_jaxcpd_no_such_option": True}}
+    monkeypatch.setattr(decompose, "jit_options", lambda: unknown)
+    fn = decompose._stacked_fn(LayerPlan("cpd-epc", rank=2), ALS, EPC, vmapped)
+    with pytest.raises(Exception, match="xla_jaxcpd_no_such_option"):
+        fn(_tensors(2, (4, 3, 5)), jax.random.split(jax.random.PRNGKey(0), 2))
+
+
 @pytest.mark.parametrize("entry", [LayerPlan("cpd-epc", rank=3), LayerPlan("svd", error_bound=0.5)], ids=str)
 def test_non_finite_tensor_is_rejected(entry):
     tensors = np.array(_tensors(2, (9, 6, 7) if entry.method != "svd" else (6, 7)))

@@ -1,0 +1,56 @@
+"""How the decomposition programs are compiled (``jaxcpd/decomp/_program.py``): with
+XLA:CPU's elemental emitters as a per-program option where they run on their own, inlined
+without options inside a caller's program."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcpd
+from jaxcpd.decomp import _program
+
+X = jnp.asarray(np.random.default_rng(0).standard_normal((4, 5)), jnp.float32)
+# An option XLA does not know fails the compilation: it shows where the options go.
+UNKNOWN = {"compiler_options": {"xla_jaxcpd_no_such_option": True}}
+
+
+def _fresh_program():
+    """A program jitted on first use, after the test has patched ``jit_options``."""
+    return _program.program(lambda m: m @ m.T)
+
+
+def test_cpu_programs_use_the_elemental_emitters():
+    assert jax.default_backend() == "cpu"
+    assert _program.jit_options() == {"compiler_options": {"xla_cpu_use_fusion_emitters": False}}
+
+
+def test_a_program_called_on_its_own_compiles_with_the_options(monkeypatch):
+    monkeypatch.setattr(_program, "jit_options", lambda: UNKNOWN)
+    with pytest.raises(Exception, match="xla_jaxcpd_no_such_option"):
+        _fresh_program()(X)
+
+
+def test_vmap_at_top_level_keeps_the_options(monkeypatch):
+    monkeypatch.setattr(_program, "jit_options", lambda: UNKNOWN)
+    with pytest.raises(Exception, match="xla_jaxcpd_no_such_option"):
+        jax.vmap(_fresh_program())(X[None])
+
+
+def test_inside_a_callers_jit_a_program_is_inlined_without_its_options(monkeypatch):
+    monkeypatch.setattr(_program, "jit_options", lambda: UNKNOWN)
+    got = jax.jit(lambda m: _fresh_program()(m) + 1.0)(X)
+    x = np.asarray(X, np.float64)
+    np.testing.assert_allclose(got, x @ x.T + 1.0, rtol=1e-6, atol=1e-6)
+
+
+def test_a_decomposition_inside_a_callers_jit_matches_the_top_level_call():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((9, 6, 5)), jnp.float32)
+    run = partial(jaxcpd.cpd_epc, rank=3, als_kwargs={"max_iter": 20}, epc_kwargs={"max_iter": 5})
+    top, inner = run(x), jax.jit(run)(x)
+    # Different compiler options round differently; the results are the same CPD.
+    assert float(inner.epc.rel_error) == pytest.approx(float(top.epc.rel_error), rel=1e-4)
+    for a, b in zip(inner.epc.factors, top.epc.factors, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
