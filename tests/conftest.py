@@ -2,8 +2,9 @@
 
 A persistent XLA compilation cache under ``.pytest_cache/jax`` is shared by the
 pytest-xdist workers and the subprocesses some tests start (multi-device, fresh-process
-loading); ``pytest_collection_modifyitems`` groups the tests for the workers. XLA:CPU
-runs with ``--xla_cpu_use_fusion_emitters=false`` unless ``XLA_FLAGS`` is set.
+loading); ``pytest_collection_modifyitems`` groups the tests for the workers. XLA runs
+with the library's own settings: the decomposition programs pick their XLA:CPU options
+themselves (``jaxcpd/decomp/_program.py``), so the suite needs no ``XLA_FLAGS``.
 
 Under ``CI`` the hypothesis tests draw a fixed sequence of examples, so a CI run is
 reproducible; local runs keep drawing new ones (that is how a 2.3e-5 sensitivity rise
@@ -16,10 +17,6 @@ from pathlib import Path
 _CACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
-# Most of the suite's time is XLA:CPU compilation; its older elemental emitters compile
-# the decomposition programs in half the time (docs/performance.md). Setting XLA_FLAGS
-# yourself (even to "") runs the suite with XLA's defaults.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -14,7 +14,10 @@ imported:
 
 Initialisers follow torchvision: Kaiming-normal (fan-out, ReLU gain) for conv
 kernels, ones/zeros for batch norm, and torch's default ``nn.Linear`` init
-(uniform in ``+-1/sqrt(fan_in)``) unless a model overrides it.
+(uniform in ``+-1/sqrt(fan_in)``) unless a model overrides it. They are
+``jaxcpd.nn._init.variance_scaling``: bitwise JAX's initialisers, but drawn from flat
+power-of-two blocks, so parameter shapes share compiled draws (ResNet-18 built in a fresh
+process in 6.0-6.4 s instead of 10.7 s, ResNet-50 after it in 2.9-3.2 s instead of 8.0 s).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-_KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+from jaxcpd.nn._init import variance_scaling
+
+_KAIMING_FAN_OUT = variance_scaling(2.0, "fan_out", "normal")
 _TORCH_BN_MOMENTUM = 0.9  # torch momentum 0.1: new = 0.9 * old + 0.1 * batch
 _TORCH_BN_EPS = 1e-5
 
@@ -133,7 +138,7 @@ def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, kernel_init=N
     return nnx.Linear(
         in_features,
         out_features,
-        kernel_init=nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+        kernel_init=variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
         bias_init=bias_init,
         rngs=rngs,
     )

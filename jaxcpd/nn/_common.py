@@ -9,8 +9,9 @@ from jax import lax
 from jaxcpd.decomp._checks import as_float_array, check_factors
 
 from ._geometry import as_pair
+from ._init import lecun_normal
 
-default_kernel_init = nnx.initializers.lecun_normal()
+default_kernel_init = lecun_normal()
 default_bias_init = nnx.initializers.zeros_init()
 
 
