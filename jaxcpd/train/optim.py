@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -11,10 +12,20 @@ from flax import nnx
 from .config import TrainConfig
 
 
-def _schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    if config.schedule == "cosine":
-        return optax.cosine_decay_schedule(config.learning_rate, config.total_steps(steps_per_epoch))
-    return optax.constant_schedule(config.learning_rate)
+def _schedule(kind: str, learning_rate: float, total_steps: int) -> optax.Schedule:
+    if kind == "cosine":
+        return optax.cosine_decay_schedule(learning_rate, total_steps)
+    return optax.constant_schedule(learning_rate)
+
+
+def _recipe(config: TrainConfig, steps_per_epoch: int) -> tuple:
+    """The fields of ``config`` the transformation depends on, resolved for ``steps_per_epoch``."""
+    total = config.total_steps(steps_per_epoch) if config.schedule == "cosine" else 0
+    window = config.plateau_window or steps_per_epoch
+    plateau = (config.plateau_factor, config.plateau_patience, config.plateau_rtol, window)
+    plateau = plateau if config.schedule == "plateau" else None
+    rate = (config.schedule, config.learning_rate, total)
+    return (config.optimizer, config.momentum, config.weight_decay, rate, plateau)
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
@@ -25,6 +36,11 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     (the current scale, the best windowed loss) lives in the optimizer state, so
     checkpoints carry it.
 
+    Equal recipes give the same transformation object. ``nnx.jit`` keys its compiled
+    programs on the optimizer's structure, which holds the transformation, so fine-tuning
+    a second model of the same structure with the same recipe (CPD and CPD-EPC at equal
+    ranks) reuses the first one's compiled training step instead of compiling it again.
+
     Args:
       config: the training configuration.
       steps_per_epoch: steps in one epoch (sets the cosine horizon and the default plateau window).
@@ -32,21 +48,23 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     Returns:
       The transformation.
     """
-    learning_rate = _schedule(config, steps_per_epoch)
-    if config.optimizer == "adamw":
-        tx = optax.adamw(learning_rate, b1=config.momentum, weight_decay=config.weight_decay)
+    return _transformation(*_recipe(config, steps_per_epoch))
+
+
+@functools.lru_cache(maxsize=32)
+def _transformation(optimizer, momentum, weight_decay, rate, plateau):
+    """:func:`make_optimizer` for the resolved fields of :func:`_recipe`."""
+    rate = _schedule(*rate)
+    if optimizer == "adamw":
+        tx = optax.adamw(rate, b1=momentum, weight_decay=weight_decay)
     else:
-        momentum = config.momentum if config.optimizer == "momentum" else None
-        tx = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.sgd(learning_rate, momentum))
-    if config.schedule != "plateau":
+        sgd = optax.sgd(rate, momentum if optimizer == "momentum" else None)
+        tx = optax.chain(optax.add_decayed_weights(weight_decay), sgd)
+    if plateau is None:
         return optax.chain(tx)  # a chain accepts (and ignores) the `value=loss` the training step passes
-    plateau = optax.contrib.reduce_on_plateau(
-        factor=config.plateau_factor,
-        patience=config.plateau_patience,
-        rtol=config.plateau_rtol,
-        accumulation_size=config.plateau_window or steps_per_epoch,
-    )
-    return optax.chain(tx, plateau)
+    factor, patience, rtol, window = plateau
+    reduce = optax.contrib.reduce_on_plateau(factor, patience, rtol, accumulation_size=window)
+    return optax.chain(tx, reduce)
 
 
 def current_learning_rate(config: TrainConfig, optimizer: nnx.Optimizer, steps_per_epoch: int) -> float:
@@ -60,7 +78,8 @@ def current_learning_rate(config: TrainConfig, optimizer: nnx.Optimizer, steps_p
     Returns:
       The learning rate as a Python float.
     """
-    learning_rate = float(_schedule(config, steps_per_epoch)(int(optimizer.step[...])))
+    rate = _recipe(config, steps_per_epoch)[3]
+    learning_rate = float(_schedule(*rate)(int(optimizer.step[...])))
     if config.schedule != "plateau":
         return learning_rate
     is_plateau = lambda node: isinstance(node, optax.contrib.ReduceLROnPlateauState)  # noqa: E731

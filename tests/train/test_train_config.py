@@ -116,3 +116,35 @@ def test_unknown_trainable_prefix_lists_the_layers():
     message = r"^trainable: 'layer2' matches no parameter; layers are layer1, layer10"
     with pytest.raises(ValueError, match=message):
         trainable_filter(_Linear(), ("layer2",))
+
+
+def test_equal_recipes_share_the_transformation_and_the_compiled_training_step():
+    from train_testing import TinyCNN
+
+    from jaxcpd.train.loop import train_step
+
+    config = TrainConfig(schedule="cosine", steps=20, seed=1)
+    tx = make_optimizer(config, 10)
+    assert tx is make_optimizer(dataclasses.replace(config, seed=2, eval_every=5), 10)
+    assert tx is not make_optimizer(dataclasses.replace(config, steps=21), 10)
+    assert tx is not make_optimizer(dataclasses.replace(config, learning_rate=0.1), 10)
+    plateau = TrainConfig(schedule="plateau")
+    assert make_optimizer(plateau, 10) is not make_optimizer(plateau, 11)  # the default plateau window
+    labels = jnp.zeros((2,), jnp.int32)
+    batch = {"image": jnp.ones((2, 8, 8, 1)), "label": labels, "mask": jnp.ones((2,), bool)}
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for seed in (0, 1):  # two models of one structure, e.g. CPD and CPD-EPC at equal ranks
+            model = TinyCNN(rngs=nnx.Rngs(seed))
+            train_step(model, nnx.Optimizer(model, tx, wrt=nnx.Param), batch)
+            if seed == 0:
+                first, compiled[:] = list(compiled), []
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert "jit(train_step)" in first and "jit(train_step)" not in compiled, (first, compiled)
