@@ -27,17 +27,35 @@ _CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
 @functools.cache
+def _probe():
+    """A trivial program with the CPU options: it tells whether this XLA accepts them, and,
+    called before a program, whether JAX would take them there (see ``_at_top_level``)."""
+    return jax.jit(lambda: jnp.zeros(()), compiler_options=_CPU_OPTIONS)
+
+
+@functools.cache
 def jit_options() -> dict:
     """Keyword arguments for ``jax.jit`` of a decomposition program: the XLA:CPU compiler
     options where the default backend is the CPU and this JAX/XLA accepts them, else none."""
     if jax.default_backend() != "cpu":
         return {}
-    options = {"compiler_options": _CPU_OPTIONS}
-    try:
-        jax.jit(jnp.negative, **options).lower(jnp.zeros(())).compile()
+    try:  # compiled, not called: this may run while a caller's program is being traced
+        _probe().lower().compile()
     except Exception:  # an XLA without the option, or a JAX without ``compiler_options``
         return {}
-    return options
+    return {"compiler_options": _CPU_OPTIONS}
+
+
+def _at_top_level() -> bool:
+    """Whether a jitted call made here runs as a program of its own (also under a top-level
+    ``jax.vmap`` or ``jax.jvp``), rather than being staged into a caller's program."""
+    try:
+        _probe()()
+    except ValueError as err:
+        if "top-level" not in str(err):
+            raise
+        return False
+    return True
 
 
 class _Program:
@@ -47,7 +65,8 @@ class _Program:
     JAX takes compiler options only on a top-level ``jax.jit``: inside another program
     (a caller's ``jax.jit``, ``compression``'s group programs) this one is inlined and
     the outer program's options apply, so it is traced there by a plain ``jax.jit``.
-    ``jax.vmap`` and ``jax.jvp`` at top level keep the options.
+    ``_at_top_level`` tells the two apart with a trivial program before this one is
+    traced, so a program is never traced twice.
     """
 
     def __init__(self, fn, jit_kwargs):
@@ -62,19 +81,12 @@ class _Program:
     @functools.cached_property
     def _top_level(self):
         options = jit_options()
-        return jax.jit(self._fn, **self._jit_kwargs, **options) if options else None
+        return jax.jit(self._fn, **self._jit_kwargs, **options) if options else self._plain
 
     def __call__(self, *args, **kwargs):
-        if self._top_level is not None:
-            try:
-                return self._top_level(*args, **kwargs)
-            except ValueError as err:  # staged into an enclosing program (see the class docstring)
-                if "top-level" not in str(err):
-                    raise
+        if self._top_level is not self._plain and _at_top_level():
+            return self._top_level(*args, **kwargs)
         return self._plain(*args, **kwargs)
-
-    def lower(self, *args, **kwargs):
-        return (self._top_level or self._plain).lower(*args, **kwargs)
 
 
 def program(fn=None, **jit_kwargs):

@@ -18,14 +18,18 @@ def _schedule(kind: str, learning_rate: float, total_steps: int) -> optax.Schedu
     return optax.constant_schedule(learning_rate)
 
 
+def _rate(config: TrainConfig, steps_per_epoch: int) -> tuple:
+    """The arguments of :func:`_schedule` for ``config``."""
+    total = config.total_steps(steps_per_epoch) if config.schedule == "cosine" else 0
+    return config.schedule, config.learning_rate, total
+
+
 def _recipe(config: TrainConfig, steps_per_epoch: int) -> tuple:
     """The fields of ``config`` the transformation depends on, resolved for ``steps_per_epoch``."""
-    total = config.total_steps(steps_per_epoch) if config.schedule == "cosine" else 0
     window = config.plateau_window or steps_per_epoch
     plateau = (config.plateau_factor, config.plateau_patience, config.plateau_rtol, window)
     plateau = plateau if config.schedule == "plateau" else None
-    rate = (config.schedule, config.learning_rate, total)
-    return (config.optimizer, config.momentum, config.weight_decay, rate, plateau)
+    return config.optimizer, config.momentum, config.weight_decay, _rate(config, steps_per_epoch), plateau
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
@@ -78,8 +82,7 @@ def current_learning_rate(config: TrainConfig, optimizer: nnx.Optimizer, steps_p
     Returns:
       The learning rate as a Python float.
     """
-    rate = _recipe(config, steps_per_epoch)[3]
-    learning_rate = float(_schedule(*rate)(int(optimizer.step[...])))
+    learning_rate = float(_schedule(*_rate(config, steps_per_epoch))(int(optimizer.step[...])))
     if config.schedule != "plateau":
         return learning_rate
     is_plateau = lambda node: isinstance(node, optax.contrib.ReduceLROnPlateauState)  # noqa: E731

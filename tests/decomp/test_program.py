@@ -54,3 +54,23 @@ def test_a_decomposition_inside_a_callers_jit_matches_the_top_level_call():
     assert float(inner.epc.rel_error) == pytest.approx(float(top.epc.rel_error), rel=1e-4)
     for a, b in zip(inner.epc.factors, top.epc.factors, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_a_program_inside_a_callers_jit_is_traced_once():
+    traced = []
+
+    def square(m):
+        traced.append(1)
+        return m @ m.T
+
+    prog = _program.program(square)
+    jax.jit(lambda m: prog(m) + 1.0)(X)
+    assert len(traced) == 1
+
+
+def test_the_options_are_decided_right_when_first_used_inside_a_callers_jit():
+    _program.jit_options.cache_clear()
+    got = jax.jit(lambda m: _fresh_program()(m))(X)
+    assert _program.jit_options() == {"compiler_options": {"xla_cpu_use_fusion_emitters": False}}
+    x = np.asarray(X, np.float64)
+    np.testing.assert_allclose(got, x @ x.T, rtol=1e-6, atol=1e-6)
