@@ -66,7 +66,9 @@ class _Program:
     (a caller's ``jax.jit``, ``compression``'s group programs) this one is inlined and
     the outer program's options apply, so it is traced there by a plain ``jax.jit``.
     ``_at_top_level`` tells the two apart with a trivial program before this one is
-    traced, so a program is never traced twice.
+    traced, so a program nested in a caller's ``jit`` is traced once. Reverse mode
+    (``jax.grad``) stages the program even at top level, which the probe, having no
+    inputs, does not see: JAX's refusal then sends it to the plain ``jit``.
     """
 
     def __init__(self, fn, jit_kwargs):
@@ -85,7 +87,11 @@ class _Program:
 
     def __call__(self, *args, **kwargs):
         if self._top_level is not self._plain and _at_top_level():
-            return self._top_level(*args, **kwargs)
+            try:
+                return self._top_level(*args, **kwargs)
+            except ValueError as err:  # reverse mode stages the program even at top level
+                if "top-level" not in str(err):
+                    raise
         return self._plain(*args, **kwargs)
 
 
