@@ -30,7 +30,7 @@ from jax import lax
 from ._checks import as_float_array, check_factors, check_key, check_positive_int, check_tol
 from ._program import program
 from ._scale import power_of_two_scale, rescale_cpd
-from ._sum import pairwise_sum
+from ._sum import inner, pairwise_sum
 from .kruskal import balance, khatri_rao, reconstruct
 
 
@@ -183,7 +183,8 @@ def dimension_tree_sweep(x, norm_sq, factors, update, carry=None, grams=None):
             mttkrp = lax.optimization_barrier(khatri_rao(factors[:last], transposed=True) @ x_left).T
         factors[n], carry = update(n, tuple(factors), hadamard_grams(grams, n), mttkrp, carry)
         grams[n] = gram(factors[n])
-    err_sq = norm_sq - 2.0 * jnp.sum(mttkrp * factors[last]) + jnp.sum(hadamard_grams(grams))
+    fit_sq = inner(hadamard_grams(grams, last), grams[last])  # |X^|^2: sum of the Hadamard of all Grams
+    err_sq = norm_sq - 2.0 * inner(mttkrp, factors[last]) + fit_sq
     return tuple(factors), err_sq, carry, tuple(grams)
 
 

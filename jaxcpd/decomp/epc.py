@@ -44,6 +44,7 @@ from jax import lax
 from ._checks import as_float_array, check_factors, check_positive_int, check_tol, is_concrete
 from ._program import program
 from ._scale import power_of_two_scale, rescale_cpd
+from ._sum import inner, sq_norm
 from .cp_als import cholesky, cholesky_solve_rows, dimension_tree_sweep, gram, gram_solve, history_slots
 from .kruskal import balance, balance_scales, reconstruct, sensitivity
 
@@ -147,7 +148,7 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     def error_change(a_new, r_new):
         """``|K - K^(a_new)|^2 - |K - K^(a_cur)|^2`` from the two points and their residuals
         ``R = A~ Gamma - G``: exact for a quadratic, no cancellation."""
-        return jnp.sum((a_new - a_cur) * (r_cur + r_new))
+        return inner(a_new - a_cur, r_cur + r_new)
 
     # The two ends of the path, tested exactly: the zero factor, and least squares.
     # Gamma may be singular and, after rounding, slightly indefinite: least squares
@@ -184,7 +185,7 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
         z = cholesky_solve_rows(chol, g)  # on the path A~ = m z and A~ Gamma - G = -z
         change = error_change(m * z, -z)
         s = jnp.maximum(s_cur + change, tiny)
-        s3 = jnp.sum(lax.linalg.triangular_solve(chol, z.T, left_side=True, lower=True) ** 2)  # -s'(m) / 2
+        s3 = sq_norm(lax.linalg.triangular_solve(chol, z.T, left_side=True, lower=True))  # -s'(m) / 2
         step = s * (jnp.sqrt(s) / rho - 1.0) / jnp.where(s3 > 0, s3, 1.0)
         m_next = jnp.maximum(m + jnp.where(s3 > 0, step, 0.0), 0.0)
         return it + 1, m, m * z, change, m_next, s
@@ -201,7 +202,7 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     # the margin moves the sphere inside a current point that is already optimal.
     # (Not targeting the current point's own sphere instead: Newton stops up to
     # rho * margin outside it, and the next update's repair cost +8.1e-5 sensitivity.)
-    worse = (target >= 0) & (jnp.sum(a_new * a_new) > jnp.sum(a_cur * a_cur))
+    worse = (target >= 0) & (sq_norm(a_new) > sq_norm(a_cur))
     keep = empty | worse | ~jnp.isfinite(change) | ~jnp.all(jnp.isfinite(new))
     return (
         jnp.where(keep, current, new),
@@ -227,9 +228,9 @@ def _epc_update(objective, margin, allowance):
         # of its products: negligible for a well-conditioned CPD (the bound moves by
         # ~1e-7 relative), but percents of the error when the factors carry big
         # cancelling terms, which is where EPC starts from.
-        size = (jnp.linalg.norm(current) + jnp.linalg.norm(new)) * jnp.linalg.norm(gram)
-        size += 2 * jnp.linalg.norm(mttkrp)
-        rounding += jnp.finfo(new.dtype).eps * jnp.linalg.norm(new - current) * size
+        size = (jnp.sqrt(sq_norm(current)) + jnp.sqrt(sq_norm(new))) * jnp.sqrt(sq_norm(gram))
+        size += 2 * jnp.sqrt(sq_norm(mttkrp))
+        rounding += jnp.finfo(new.dtype).eps * jnp.sqrt(sq_norm(new - current)) * size
         return new, (new_slack, rounding, mus.at[n].set(mu))
 
     return update
