@@ -11,6 +11,7 @@ reproducible; local runs keep drawing new ones (that is how a 2.3e-5 sensitivity
 in the EPC bound test, seed 422, was found).
 """
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -25,6 +26,28 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@contextlib.contextmanager
+def _programs_compiled():
+    """Names of the programs compiled (or read from the persistent cache) inside the block."""
+    names = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.fixture
+def programs_compiled():
+    """``with programs_compiled() as names:`` lists the programs compiled inside the block."""
+    return _programs_compiled
 
 
 @pytest.fixture

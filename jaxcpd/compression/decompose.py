@@ -1,29 +1,31 @@
 """Decomposition of one layer's weights by the method of its :class:`LayerPlan` (section 3, steps 1-2).
 
-Layers with the same method, weight shape and fixed ranks share one jitted function
-that also computes the sensitivity metrics (``jax.vmap``-ed over the stack when the
-layers are small, called once per layer otherwise), so a group costs one XLA
-compilation and one transfer to the host; error-bound entries (data-dependent ranks)
-run eagerly, one at a time.
+Each layer runs the public decomposition functions (``cp_als``, ``cpd_epc``, ``tkd_cpd``,
+...), whose programs are compiled once per shape and ranks and carry their own compiler
+options, plus one metrics program: every layer of a shape, and every method that shares a
+step (CPD and CPD-EPC share the ALS programs), reuses them. Small layers of equal shape
+are ``jax.vmap``-ed together, at top level, so the batched programs are shared the same
+way. Until 2026-11-30 each group ran one outer ``jit`` that inlined everything and so
+shared nothing: the demo's three decompositions compiled for 200 s, now 140 s
+(``docs/performance.md``).
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..decomp import cp_als, cp_intensities, cp_sensitivity, cpd_epc, tkd_cpd, truncated_svd, tucker2
-from ..decomp._program import jit_options
 from .plan import CP_METHODS, TKD_METHODS, LayerPlan
 
-# vmap pays off where per-layer overheads dominate; on big layers it only turns the
-# loop's lax.cond into a select (both branches every sweep), makes every layer run as
-# many sweeps as the slowest and batches LAPACK calls sequentially anyway, so those
-# are decomposed one at a time (by the same compiled function).
-VMAP_MAX_WORK = 2**22
+# A vmapped group runs every layer for as many sweeps as its slowest, turns the loops'
+# lax.cond into selects (both branches every sweep) and batches the LAPACK calls
+# sequentially; it pays off only where per-layer overheads dominate. Measured per
+# three-to-four-layer group of the demo (CPD-EPC, 2026-11-30): vmapped 35 / 88 ms against
+# one at a time 61 / 110 ms at work 3.7e4 / 3.4e5 ((9,16,16) R=16, (9,32,32) R=37), but
+# 418 / 1,780 ms against 341 / 1,509 ms at 2.9e6 / 3.0e7.
+VMAP_MAX_WORK = 2**20
 
 
 def layer_tensor(kernel, method: str):
@@ -33,6 +35,7 @@ def layer_tensor(kernel, method: str):
     return kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])
 
 
+@jax.jit
 def _rel(x, approx):
     norm = jnp.linalg.norm(x)
     return jnp.linalg.norm(x - approx) / jnp.where(norm > 0, norm, 1.0)
@@ -88,48 +91,26 @@ def decomposition_fn(entry: LayerPlan, als_kwargs=None, epc_kwargs=None):
     return fn
 
 
+@jax.jit
+def _cp_metrics(before, after):
+    """Eq. 5 and the largest intensity of the CPD before and after EPC, as one program."""
+    out = {}
+    for when, factors in (("before", before), ("after", after)):
+        out[f"sensitivity_{when}"] = cp_sensitivity(factors)
+        out[f"max_intensity_{when}"] = jnp.max(cp_intensities(factors))
+    return out
+
+
 def _with_metrics(fn):
     """``fn`` plus the sensitivity (eq. 5) and max intensity of the CPD before and after EPC."""
 
     def wrapped(x, key):
         out = fn(x, key)
         if "before" in out:
-            for when, factors in (("before", out["before"]), ("after", out["factors"])):
-                out[f"sensitivity_{when}"] = cp_sensitivity(factors)
-                out[f"max_intensity_{when}"] = jnp.max(cp_intensities(factors))
+            out.update(_cp_metrics(out["before"], out["factors"]))
         return out
 
     return wrapped
-
-
-def _stacked_fn(entry, als_kwargs, epc_kwargs, vmapped):
-    fn = _with_metrics(decomposition_fn(entry, als_kwargs, epc_kwargs))
-    # The decomposition programs' own compiler options (``decomp/_program.py``), which the
-    # programs inlined into this one would otherwise lose.
-    if vmapped:
-        return jax.jit(jax.vmap(fn), **jit_options())
-    single = jax.jit(fn, **jit_options())
-
-    def one_by_one(xs, keys):
-        outs = [single(x, k) for x, k in zip(xs, keys, strict=True)]
-        return jax.tree.map(lambda *leaves: np.stack(leaves), *jax.device_get(outs))
-
-    return one_by_one
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_stacked_fn(entry, als_items, epc_items, vmapped):
-    return _stacked_fn(entry, dict(als_items), dict(epc_items), vmapped)
-
-
-def _compiled(entry, als_kwargs, epc_kwargs, vmapped):
-    """The jitted stack function, cached per entry and options so repeated calls do not retrace."""
-    try:
-        return _cached_stacked_fn(
-            entry, tuple(sorted(als_kwargs.items())), tuple(sorted(epc_kwargs.items())), vmapped
-        )
-    except TypeError:  # an unhashable option (e.g. an array): build it uncached
-        return _stacked_fn(entry, als_kwargs, epc_kwargs, vmapped)
 
 
 _FLOATS = ("rel_error", *(f"{m}_{w}" for m in ("sensitivity", "max_intensity") for w in ("before", "after")))
@@ -141,13 +122,14 @@ def _to_layer(out: dict) -> dict:
 
 
 def decompose_batch(tensors, keys, entry: LayerPlan, als_kwargs=None, epc_kwargs=None) -> list[dict]:
-    """Decomposes a stack of same-shape tensors; in one compiled call when the ranks are fixed.
+    """Decomposes a stack of same-shape tensors with the public decomposition functions.
 
-    Fixed-rank entries run one jitted function (decomposition and metrics, cached per
-    entry and options): ``jax.vmap``-ed over the stack when the per-layer work is small
-    (per-layer overheads dominate), else called once per layer; the results are
-    fetched in one transfer. Error-bound entries choose their ranks from the data, so
-    they run eagerly, one at a time. Non-finite tensors raise ``ValueError``.
+    Fixed-rank entries of small layers are ``jax.vmap``-ed over the stack (per-layer
+    overheads dominate there, see ``VMAP_MAX_WORK``); other layers, and error-bound
+    entries (data-dependent ranks), run one at a time. The vmap is at top level, so each
+    function's program is compiled batched on its own and shared with every other group
+    and method of the same shapes. The results are fetched in one transfer. Non-finite
+    tensors raise ``ValueError``.
 
     Args:
       tensors: ``(B, ...)`` stacked layer tensors (see :func:`layer_tensor`).
@@ -159,17 +141,14 @@ def decompose_batch(tensors, keys, entry: LayerPlan, als_kwargs=None, epc_kwargs
       One dict per tensor (see :func:`decomposition_fn`), with host-side metrics
       ``sensitivity_before/after`` and ``max_intensity_before/after`` for CP methods.
     """
-    als_kwargs = dict(als_kwargs or {})
-    epc_kwargs = dict(epc_kwargs or {})
     host = np.asarray(tensors)
     for i in range(host.shape[0]):
         if not np.all(np.isfinite(host[i])):
             raise ValueError(f"tensors[{i}] contains NaN or Inf")
     count = host.shape[0]
-    if entry.error_bound is not None:
-        fn = _with_metrics(decomposition_fn(entry, als_kwargs, epc_kwargs))
-        return [_to_layer(jax.device_get(fn(host[i], keys[i]))) for i in range(count)]
+    fn = _with_metrics(decomposition_fn(entry, als_kwargs, epc_kwargs))
     work = host[0].size * (entry.rank or 1)
-    vmapped = count > 1 and work <= VMAP_MAX_WORK
-    out = jax.device_get(_compiled(entry, als_kwargs, epc_kwargs, vmapped)(host, keys))
-    return [_to_layer(jax.tree.map(lambda a, i=i: a[i], out)) for i in range(count)]
+    if entry.error_bound is None and count > 1 and work <= VMAP_MAX_WORK:
+        out = jax.device_get(jax.vmap(fn)(jnp.asarray(host), keys))
+        return [_to_layer(jax.tree.map(lambda a, i=i: a[i], out)) for i in range(count)]
+    return [_to_layer(out) for out in jax.device_get([fn(host[i], keys[i]) for i in range(count)])]

@@ -6,9 +6,10 @@ its elemental emitters instead of the newer fusion emitters
 (``xla_cpu_use_fusion_emitters=False``, as a per-program compiler option, so nothing
 else in the process changes). On the EPC program of a ``(9, 12, 10)`` rank-5 CPD
 that halves the compilation (3.6-4.5 s -> 2.0 s; ALS 1.5-1.8 s -> 0.85 s), and the
-sweeps run as fast or faster (``docs/performance.md``). The same options are wanted
-by callers that jit the public functions inside a larger program (``compression``'s
-group programs): ``jit_options()``.
+sweeps run as fast or faster (``docs/performance.md``). These emitters unroll a
+reduction's window fully, so the programs sum matrices as flat vectors (``_sum.inner``).
+A caller that jits the public functions inside a larger program can pass the same
+options to its own ``jit``: ``jit_options()``.
 
 The option is decided on first use, not at import (which must not start a backend):
 it is used only when the default backend is the CPU and this XLA accepts it.

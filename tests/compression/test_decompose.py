@@ -1,4 +1,5 @@
-"""Per-layer decomposition: vmapped batches equal one-at-a-time runs; errors match reconstructions."""
+"""Per-layer decomposition: vmapped batches equal one-at-a-time runs, methods share the compiled
+programs, errors match reconstructions."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 from compression_testing import normal, rel_err
 
+import jaxcpd
 from jaxcpd import LayerPlan
 from jaxcpd.compression import decompose
 from jaxcpd.compression.decompose import decompose_batch, layer_tensor
@@ -45,15 +47,22 @@ def test_big_layers_run_one_after_the_other_with_the_same_results(monkeypatch):
     assert isinstance(mapped[0]["rel_error"], float) and isinstance(mapped[0]["factors"][0], jax.Array)
 
 
-@pytest.mark.parametrize("vmapped", [True, False])
-def test_group_programs_carry_the_decomposition_programs_compiler_options(monkeypatch, vmapped):
-    """The programs inlined into a group program lose their own options; the group program
-    has them instead (an option XLA does not know fails the compilation)."""
-    unknown = {"compiler_options": {"xla_jaxcpd_no_such_option": True}}
-    monkeypatch.setattr(decompose, "jit_options", lambda: unknown)
-    fn = decompose._stacked_fn(LayerPlan("cpd-epc", rank=2), ALS, EPC, vmapped)
-    with pytest.raises(Exception, match="xla_jaxcpd_no_such_option"):
-        fn(_tensors(2, (4, 3, 5)), jax.random.split(jax.random.PRNGKey(0), 2))
+@pytest.mark.parametrize("count", [1, 2], ids=["one at a time", "vmapped"])
+def test_methods_share_the_decomposition_programs(programs_compiled, count):
+    """Layers run the public functions' own programs (with their compiler options), not one
+    program per group: CPD-EPC after CPD on the same layers compiles EPC and nothing of ALS,
+    and plain ``cp_als`` on the same shape then compiles nothing at all."""
+    tensors = _tensors(count, (9, 5, 4))  # a shape no other test uses
+    keys = jax.random.split(jax.random.PRNGKey(5), count)
+    decompose_batch(tensors, keys, LayerPlan("cpd", rank=3), ALS, EPC)
+    with programs_compiled() as names:
+        decompose_batch(tensors, keys, LayerPlan("cpd-epc", rank=3), ALS, EPC)
+    assert "jit(_epc_call)" in names
+    assert not [n for n in names if "_cp_als" in n or "_initial_factors" in n or "_cp_metrics" in n], names
+    if count == 1:
+        with programs_compiled() as names:
+            jaxcpd.cp_als(tensors[0], 3, key=keys[0], **ALS)
+        assert not [n for n in names if "_cp_als" in n or "_initial_factors" in n], names
 
 
 @pytest.mark.parametrize("entry", [LayerPlan("cpd-epc", rank=3), LayerPlan("svd", error_bound=0.5)], ids=str)

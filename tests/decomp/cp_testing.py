@@ -1,27 +1,6 @@
-"""Random CP tensors for the decomposition tests, and a count of compiled programs."""
+"""Random CP tensors for the decomposition tests."""
 
-import contextlib
-
-import jax
 import numpy as np
-
-_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
-@contextlib.contextmanager
-def programs_compiled():
-    """Names of the programs compiled (or read from the persistent cache) inside the block."""
-    names = []
-
-    def listener(event, duration, **kwargs):
-        if event == _COMPILE_EVENT:
-            names.append(kwargs.get("fun_name", "?"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield names
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def random_factors(shape, rank, seed=0, congruence=0.0):

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorly as tl
-from cp_testing import degenerate_cpd, full, programs_compiled, random_factors
+from cp_testing import degenerate_cpd, full, random_factors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorly.decomposition import parafac
@@ -144,7 +144,7 @@ def test_returned_factors_are_balanced():
     np.testing.assert_allclose(norms, np.broadcast_to(norms[0], norms.shape), rtol=1e-4)
 
 
-def test_a_new_shape_compiles_a_few_programs_and_starts_share_the_sweeps():
+def test_a_new_shape_compiles_a_few_programs_and_starts_share_the_sweeps(programs_compiled):
     """Called op by op, a new shape compiled ~20 small programs (scaling, SVD start) besides
     the sweeps; now the validation, the start and the sweeps are one program each, and a
     given start reuses the sweeps compiled for the SVD start."""
@@ -160,7 +160,7 @@ def test_a_new_shape_compiles_a_few_programs_and_starts_share_the_sweeps():
     assert float(again.rel_error) <= float(res.rel_error) + 1e-6
 
 
-def test_a_new_max_iter_reuses_the_compiled_sweeps():
+def test_a_new_max_iter_reuses_the_compiled_sweeps(programs_compiled):
     """The sweep count is traced (only the history's power-of-two length is static): a
     run with more sweeps compiles no sweep program, and its first sweeps are the
     shorter run's, bit for bit."""

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cp_testing import degenerate_cpd, full, programs_compiled, random_factors
+from cp_testing import degenerate_cpd, full, random_factors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
@@ -176,7 +176,7 @@ def test_unreachable_reserve_goes_to_least_squares_unless_outside(slack_scale, x
         assert float(new_slack) == slack
 
 
-def test_a_new_shape_compiles_one_program_with_or_without_delta():
+def test_a_new_shape_compiles_one_program_with_or_without_delta(programs_compiled):
     """The scaling, the default bound and the sweeps are one program (op by op, the scaling
     alone compiled ~20 small ones per shape); an explicit ``delta`` takes the same one."""
     dense = full(random_factors((5, 6, 7), 4, seed=12))
