@@ -118,7 +118,7 @@ def test_unknown_trainable_prefix_lists_the_layers():
         trainable_filter(_Linear(), ("layer2",))
 
 
-def test_equal_recipes_share_the_transformation_and_the_compiled_training_step():
+def test_equal_recipes_share_the_transformation_and_the_compiled_training_step(programs_compiled):
     from train_testing import TinyCNN
 
     from jaxcpd.train.loop import train_step
@@ -133,18 +133,10 @@ def test_equal_recipes_share_the_transformation_and_the_compiled_training_step()
     labels = jnp.zeros((2,), jnp.int32)
     batch = {"image": jnp.ones((2, 8, 8, 1)), "label": labels, "mask": jnp.ones((2,), bool)}
     compiled = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(kwargs.get("fun_name", "?"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        for seed in (0, 1):  # two models of one structure, e.g. CPD and CPD-EPC at equal ranks
-            model = TinyCNN(rngs=nnx.Rngs(seed))
+    for seed in (0, 1):  # two models of one structure, e.g. CPD and CPD-EPC at equal ranks
+        model = TinyCNN(rngs=nnx.Rngs(seed))
+        with programs_compiled() as names:
             train_step(model, nnx.Optimizer(model, tx, wrt=nnx.Param), batch)
-            if seed == 0:
-                first, compiled[:] = list(compiled), []
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+        compiled.append(names)
+    first, compiled = compiled
     assert "jit(train_step)" in first and "jit(train_step)" not in compiled, (first, compiled)
