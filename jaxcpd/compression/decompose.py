@@ -6,7 +6,7 @@ options, plus one metrics program: every layer of a shape, and every method that
 step (CPD and CPD-EPC share the ALS programs), reuses them. Small layers of equal shape
 are ``jax.vmap``-ed together, at top level, so the batched programs are shared the same
 way. Until 2026-11-30 each group ran one outer ``jit`` that inlined everything and so
-shared nothing: the demo's three decompositions compiled for 200 s, now 140 s
+shared nothing: the demo's three decompositions took 200 s with a cold cache, now 165 s
 (``docs/performance.md``).
 """
 
@@ -24,7 +24,7 @@ from .plan import CP_METHODS, TKD_METHODS, LayerPlan
 # sequentially; it pays off only where per-layer overheads dominate. Measured per
 # three-to-four-layer group of the demo (CPD-EPC, 2026-11-30): vmapped 35 / 88 ms against
 # one at a time 61 / 110 ms at work 3.7e4 / 3.4e5 ((9,16,16) R=16, (9,32,32) R=37), but
-# 418 / 1,780 ms against 341 / 1,509 ms at 2.9e6 / 3.0e7.
+# 418 / 1,780 ms against 341 / 1,509 ms at 2.9e6 / 2.4e7 ((9,64,64) R=79, (9,128,128) R=163).
 VMAP_MAX_WORK = 2**20
 
 
