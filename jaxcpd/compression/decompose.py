@@ -92,22 +92,22 @@ def decomposition_fn(entry: LayerPlan, als_kwargs=None, epc_kwargs=None):
 
 
 @jax.jit
-def _cp_metrics(before, after):
-    """Eq. 5 and the largest intensity of the CPD before and after EPC, as one program."""
-    out = {}
-    for when, factors in (("before", before), ("after", after)):
-        out[f"sensitivity_{when}"] = cp_sensitivity(factors)
-        out[f"max_intensity_{when}"] = jnp.max(cp_intensities(factors))
-    return out
+def _cp_metrics(factors):
+    """Eq. 5 and the largest intensity of one CPD, as one program per factor shapes."""
+    return cp_sensitivity(factors), jnp.max(cp_intensities(factors))
 
 
 def _with_metrics(fn):
-    """``fn`` plus the sensitivity (eq. 5) and max intensity of the CPD before and after EPC."""
+    """``fn`` plus the sensitivity (eq. 5) and max intensity of the CPD before and after EPC
+    (computed once when the method has no EPC step and both are the same factors)."""
 
     def wrapped(x, key):
         out = fn(x, key)
         if "before" in out:
-            out.update(_cp_metrics(out["before"], out["factors"]))
+            after = _cp_metrics(out["factors"])
+            before = after if out["before"] is out["factors"] else _cp_metrics(out["before"])
+            for when, (sens, peak) in (("before", before), ("after", after)):
+                out[f"sensitivity_{when}"], out[f"max_intensity_{when}"] = sens, peak
         return out
 
     return wrapped

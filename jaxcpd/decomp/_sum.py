@@ -1,5 +1,5 @@
 """Sums written so that XLA:CPU runs and compiles them fast: over a leading (non-minor)
-axis (``pairwise_sum``) and over all entries of a matrix (``inner``, ``sq_norm``)."""
+axis (``pairwise_sum``) and over all entries of a matrix (``inner``, ``sq_norm``, ``norm``)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,8 @@ def inner(a, b):
 def sq_norm(a):
     """``sum(a * a)``: the squared Frobenius norm, reduced as :func:`inner`."""
     return inner(a, a)
+
+
+def norm(a):
+    """The Frobenius norm, reduced as :func:`inner`."""
+    return jnp.sqrt(inner(a, a))

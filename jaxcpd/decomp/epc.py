@@ -44,7 +44,7 @@ from jax import lax
 from ._checks import as_float_array, check_factors, check_positive_int, check_tol, is_concrete
 from ._program import program
 from ._scale import power_of_two_scale, rescale_cpd
-from ._sum import inner, sq_norm
+from ._sum import inner, norm, sq_norm
 from .cp_als import cholesky, cholesky_solve_rows, dimension_tree_sweep, gram, gram_solve, history_slots
 from .kruskal import balance, balance_scales, reconstruct, sensitivity
 
@@ -228,9 +228,8 @@ def _epc_update(objective, margin, allowance):
         # of its products: negligible for a well-conditioned CPD (the bound moves by
         # ~1e-7 relative), but percents of the error when the factors carry big
         # cancelling terms, which is where EPC starts from.
-        size = (jnp.sqrt(sq_norm(current)) + jnp.sqrt(sq_norm(new))) * jnp.sqrt(sq_norm(gram))
-        size += 2 * jnp.sqrt(sq_norm(mttkrp))
-        rounding += jnp.finfo(new.dtype).eps * jnp.sqrt(sq_norm(new - current)) * size
+        size = (norm(current) + norm(new)) * norm(gram) + 2 * norm(mttkrp)
+        rounding += jnp.finfo(new.dtype).eps * norm(new - current) * size
         return new, (new_slack, rounding, mus.at[n].set(mu))
 
     return update
