@@ -55,9 +55,11 @@ def test_unreachable_delta_keeps_factors():
 
 
 def test_overparameterised_cpd_gets_less_sensitive():
+    # Over seeds 0-5 on an AMD EPYC, sensitivity after / before was 0.61-0.82 after 150
+    # sweeps (0.708 for this seed, where another CPU gave < 0.7) and 0.31-0.61 after 500.
     x = np.random.default_rng(2).standard_normal((9, 32, 32)).astype(np.float32)
     cpd = jaxcpd.cp_als(x, 60, max_iter=1000, tol=1e-7)
-    res = jaxcpd.epc(x, cpd.factors, max_iter=150, tol=0.0)
+    res = jaxcpd.epc(x, cpd.factors, max_iter=500, tol=0.0)
     before = float(jaxcpd.cp_sensitivity(jaxcpd.cp_balance(cpd.factors)))
     assert float(res.sensitivity) < 0.7 * before
     assert _err(x, res.factors) <= _err(x, cpd.factors) * (1 + 1e-5)
