@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _machine import cpu_description
 from flax import nnx
 
 from jaxcpd.nn import CPConv, TKDCPConv, count_flops, resolve_depthwise_impl
@@ -206,8 +206,8 @@ def main(argv=None):
         "",
         "`" + " ".join(["python scripts/bench_blocks.py", *argv]) + "`",
         "",
-        f"- backend `{jax.default_backend()}` ({platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores), jax {jax.__version__}, depthwise impl `{resolve_depthwise_impl()}`; "
+        f"- backend `{jax.default_backend()}` ({cpu_description()}), jax {jax.__version__}, "
+        f"depthwise impl `{resolve_depthwise_impl()}`; "
         f"1-min load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end (shared machine)",
         f"- batch {args.batch}, {args.rounds} interleaved rounds per shape, float32, multiply-adds "
         f"counted by `jaxcpd.nn.count_flops`; measured fp32 matmul rate {rate:.0f} GFLOP/s",

@@ -34,13 +34,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import datetime  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from _machine import cpu_description  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import jaxcpd  # noqa: E402
@@ -220,7 +220,7 @@ def main(argv=None):
         "`" + " ".join(["python scripts/bench_compress.py", *argv]) + "`",
         "",
         f"- {datetime.datetime.now().astimezone().isoformat(timespec='minutes')}; backend "
-        f"`{jax.default_backend()}` ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "
+        f"`{jax.default_backend()}` ({cpu_description()}), "
         f"jax {jax.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}; "
         f"measured fp32 matmul rate {rate:.0f} GFLOP/s",
         f"- load average (1, 5, 15 min) {', '.join(f'{v:.1f}' for v in load_start)} at start, "

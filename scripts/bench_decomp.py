@@ -47,6 +47,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _machine import cpu_description
 from jax import lax
 
 import jaxcpd
@@ -208,7 +209,7 @@ def main():
     shapes = SHAPES[:2] if args.quick else SHAPES
     lines = [
         f"matmul rate measured before each row (float32, jax {jax.__version__}, "
-        f"{jax.default_backend()} ({jax.devices()[0].device_kind}), "
+        f"{jax.default_backend()} ({jax.devices()[0].device_kind}; {cpu_description()}), "
         f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
         f"load average {os.getloadavg()[0]:.1f} at the start); "
         "roofline = 4*I*J*K*R / rate; all-flop roofline = (4*I*J*K*R + 4*R^2*(I+J+K) + R^3) / rate",
