@@ -185,7 +185,13 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
         z = cholesky_solve_rows(chol, g)  # on the path A~ = m z and A~ Gamma - G = -z
         change = error_change(m * z, -z)
         s = jnp.maximum(s_cur + change, tiny)
-        s3 = sq_norm(lax.linalg.triangular_solve(chol, z.T, left_side=True, lower=True))  # -s'(m) / 2
+        # -s'(m) / 2, needed for the next step only: an evaluation within tolerance ends the
+        # loop (``cond``), so its solve is skipped (s3 = 0 gives a zero step).
+        s3 = lax.cond(
+            jnp.abs(s - rho * rho) > s_tol,
+            lambda: sq_norm(lax.linalg.triangular_solve(chol, z.T, left_side=True, lower=True)),
+            lambda: jnp.zeros((), dtype),
+        )
         step = s * (jnp.sqrt(s) / rho - 1.0) / jnp.where(s3 > 0, s3, 1.0)
         m_next = jnp.maximum(m + jnp.where(s3 > 0, step, 0.0), 0.0)
         return it + 1, m, m * z, change, m_next, s
