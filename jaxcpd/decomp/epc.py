@@ -173,8 +173,7 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     s_tol = rho * margin + 16 * eps * rho * rho
 
     def cond(state):
-        it, m, _, _, m_next, s = state
-        far = jnp.abs(s - rho * rho) > s_tol
+        it, m, _, _, m_next, far = state
         moving = jnp.abs(m_next - m) > 4 * eps * m_next
         return newton & (it < _NEWTON_STEPS) & ((it == 0) | (far & moving))
 
@@ -185,19 +184,21 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
         z = cholesky_solve_rows(chol, g)  # on the path A~ = m z and A~ Gamma - G = -z
         change = error_change(m * z, -z)
         s = jnp.maximum(s_cur + change, tiny)
+        far = jnp.abs(s - rho * rho) > s_tol
         # -s'(m) / 2, needed for the next step only: an evaluation within tolerance ends the
         # loop (``cond``), so its solve is skipped (s3 = 0 gives a zero step).
         s3 = lax.cond(
-            jnp.abs(s - rho * rho) > s_tol,
+            far,
             lambda: sq_norm(lax.linalg.triangular_solve(chol, z.T, left_side=True, lower=True)),
             lambda: jnp.zeros((), dtype),
         )
         step = s * (jnp.sqrt(s) / rho - 1.0) / jnp.where(s3 > 0, s3, 1.0)
         m_next = jnp.maximum(m + jnp.where(s3 > 0, step, 0.0), 0.0)
-        return it + 1, m, m * z, change, m_next, s
+        return it + 1, m, m * z, change, m_next, far
 
     start = jnp.where(newton, jnp.asarray(mu, dtype), 0.0)
-    state = (jnp.zeros((), jnp.int32), start, jnp.zeros_like(a_cur), jnp.zeros((), dtype), start, slack)
+    far = jnp.ones((), bool)  # no evaluation yet (``cond`` runs the first one regardless)
+    state = (jnp.zeros((), jnp.int32), start, jnp.zeros_like(a_cur), jnp.zeros((), dtype), start, far)
     _, mu, a_path, change_path, _, _ = lax.while_loop(cond, body, state)
 
     a_new = jnp.where(zero, 0.0, jnp.where(at_ls, a_ls, a_path))
