@@ -1,9 +1,7 @@
 """The machine a benchmark ran on, in words, for the headers of the result tables.
 
-The README's tables come from runs on shared machines whose CPUs differ between
-sessions (e.g. a 2-core AVX2 CPU at 110-180 GFLOP/s and a 2-core AVX-512 AMD EPYC at
-440-500 GFLOP/s); roofline and LAPACK-floor ratios move with the CPU, so each table
-names its own.
+The README's tables come from shared machines whose CPUs differ between sessions, and
+roofline and LAPACK-floor ratios move with the CPU, so each table names its own.
 """
 
 from __future__ import annotations
