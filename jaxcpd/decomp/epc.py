@@ -14,8 +14,9 @@ the root of the secular equation ``sum_r |b_r|^2 / (1 + mu e_r)^2 = rho^2``.
 
 The implementation never forms ``Q``: back in the original variables the solution
 is ``A~(mu) = mu G (I + mu Gamma)^-1``, and Newton's method on the secular equation
-needs one Cholesky factorisation of ``I + mu Gamma`` per step (2-4 steps from the
-previous sweep's ``mu``). An R x R eigendecomposition costs 15-20 Cholesky
+needs one Cholesky factorisation of ``I + mu Gamma`` per step: 2-4 steps from the
+previous sweep's ``mu``, and often one from ``mu`` extrapolated from the previous two
+sweeps (:func:`predict_multiplier`). An R x R eigendecomposition costs 15-20 Cholesky
 factorisations on CPU (19 ms vs 1.1 ms at R = 500), so this made the EPC sweep
 1.6-3x faster on kernels up to 128 channels and left it unchanged at 512.
 
@@ -111,7 +112,7 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     ``|Y - b|^2 = rho^2``, found by Newton's method on the secular function
     ``1/sqrt(s(mu)) - 1/rho`` with ``s(mu) = |Y(mu) - b|^2`` (Moré & Sorensen): one
     Cholesky factorisation of ``I + mu Gamma`` per step, no eigendecomposition; from
-    the previous sweep's ``mu`` it takes 2-4 steps. ``s`` is tracked as ``s(mu_cur)``
+    a warm start it takes 1-4 steps. ``s`` is tracked as ``s(mu_cur)``
     plus the exact change of the squared error, ``<A~ - A~_cur, R_cur + R(mu)>`` with
     ``R = A~ Gamma - G``, so the bound never depends on ``|K|^2 - |b|^2``.
 
@@ -124,14 +125,17 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
       slack: ``delta^2`` minus the current squared error.
       margin: the ball radius is reduced by this much (absolute), so that rounding
         in the factor's entries cannot push the error past the bound.
-      mu: starting multiplier (the last one found for this mode); 0 is always safe.
+      mu: starting multiplier (predicted from the last ones found for this mode,
+        :func:`predict_multiplier`); 0 is always safe.
       reserve: aim this much (in squared error) further inside, for the rounding of
         a carried ``slack``. When the reserve puts the target out of this factor's
         reach while the current point is inside the bound, the update goes to the
         least-squares point, the nearest it can get.
 
     Returns:
-      ``(new factor, new slack, mu)``.
+      ``(new factor, new slack, root)``: ``root`` is the multiplier of the accepted
+      evaluation refined by one more Newton step (0 off the path), the estimate of this
+      subproblem's exact root that the next sweep's start is predicted from.
     """
     dtype = current.dtype
     eps = jnp.finfo(dtype).eps
@@ -185,12 +189,14 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
         change = error_change(m * z, -z)
         s = jnp.maximum(s_cur + change, tiny)
         far = jnp.abs(s - rho * rho) > s_tol
-        # -s'(m) / 2, needed for the next step only: an evaluation within tolerance ends the
-        # loop (``cond``), so its solve is skipped (s3 = 0 gives a zero step).
+        # -s'(m) / 2 = |L^-1 z^T|^2. An evaluation within tolerance ends the loop (``cond``)
+        # and its step only refines the root remembered for the next sweep's start, so
+        # there the solve is replaced by the one-pole model of s that fits s and |z|^2
+        # (s3 ~= |z|^2 s / (s + m |z|^2); exact when Gamma has one distinct eigenvalue).
         s3 = lax.cond(
             far,
             lambda: sq_norm(lax.linalg.triangular_solve(chol, z.T, left_side=True, lower=True)),
-            lambda: jnp.zeros((), dtype),
+            lambda: (lambda p2: p2 * s / (s + m * p2))(sq_norm(z)),
         )
         step = s * (jnp.sqrt(s) / rho - 1.0) / jnp.where(s3 > 0, s3, 1.0)
         m_next = jnp.maximum(m + jnp.where(s3 > 0, step, 0.0), 0.0)
@@ -199,7 +205,7 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     start = jnp.where(newton, jnp.asarray(mu, dtype), 0.0)
     far = jnp.ones((), bool)  # no evaluation yet (``cond`` runs the first one regardless)
     state = (jnp.zeros((), jnp.int32), start, jnp.zeros_like(a_cur), jnp.zeros((), dtype), start, far)
-    _, mu, a_path, change_path, _, _ = lax.while_loop(cond, body, state)
+    _, _, a_path, change_path, root, _ = lax.while_loop(cond, body, state)
 
     a_new = jnp.where(zero, 0.0, jnp.where(at_ls, a_ls, a_path))
     change = jnp.where(zero, change_zero, jnp.where(at_ls, change_ls, change_path))
@@ -214,22 +220,40 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     return (
         jnp.where(keep, current, new),
         jnp.where(keep, slack, slack - change),
-        jnp.where(newton & ~keep, mu, 0.0),
+        jnp.where(newton & ~keep, root, 0.0),
     )
+
+
+def predict_multiplier(last, before):
+    """Starting multiplier for a mode's Newton iteration from its last two roots.
+
+    The roots drift smoothly from sweep to sweep (0.5-2.5 % per sweep after the first
+    few on Gaussian CPDs), so the geometric extrapolation ``last^2 / before`` lands
+    9-140x closer to the next root than ``last`` (measured at (9, 64, 64) and
+    (9, 128, 128), R = 500). Where that is within the stopping tolerance (most updates
+    at (9, 64, 64), R = 500) the first evaluation is accepted and the update factorises
+    once instead of twice; elsewhere the Newton step from the closer start is the same
+    count. The ratio is clipped to [1/2, 2]; without two positive roots the start is
+    ``last`` (0 starts from the zero factor)."""
+    both = (last > 0) & (before > 0)
+    ratio = jnp.clip(last / jnp.where(both, before, 1.0), 0.5, 2.0)
+    return jnp.where(both, last * ratio, last)
 
 
 def _epc_update(objective, margin, allowance):
     """Dimension-tree update rule. The carry is ``(slack, rounding, mus)``: the slack
-    as a running sum of computed error changes, and an estimate of that sum's rounding
-    error. Past ``allowance`` (what ``margin`` already absorbs) every update aims that
-    much further inside the bound."""
+    as a running sum of computed error changes, an estimate of that sum's rounding
+    error, and each mode's last two multipliers (rows: last, the one before). Past
+    ``allowance`` (what ``margin`` already absorbs) every update aims that much
+    further inside the bound."""
 
     def update(n, factors, gram, mttkrp, carry):
         slack, rounding, mus = carry
         weights_sq = epc_weights(factors, n, objective)
         current, reserve = factors[n], jnp.where(rounding > allowance, rounding, 0.0)
+        start = predict_multiplier(mus[0, n], mus[1, n])
         new, new_slack, mu = epc_factor_update(
-            current, weights_sq, gram, mttkrp, slack, margin, mus[n], reserve
+            current, weights_sq, gram, mttkrp, slack, margin, start, reserve
         )
         # The change <F - F_cur, (F + F_cur) gram - 2 mttkrp> is exact up to the rounding
         # of its products: negligible for a well-conditioned CPD (the bound moves by
@@ -237,7 +261,7 @@ def _epc_update(objective, margin, allowance):
         # cancelling terms, which is where EPC starts from.
         size = (norm(current) + norm(new)) * norm(gram) + 2 * norm(mttkrp)
         rounding += jnp.finfo(new.dtype).eps * norm(new - current) * size
-        return new, (new_slack, rounding, mus.at[n].set(mu))
+        return new, (new_slack, rounding, mus.at[:, n].set(jnp.stack([mu, mus[0, n]])))
 
     return update
 
@@ -315,7 +339,7 @@ def _epc(x, factors, delta, tol, max_iter, slots, objective):
     values = metrics(factors)
     hist = record(EPCHistory(zeros, zeros, zeros), 0, values, err)
     start = values[minimised]
-    mus = jnp.zeros((x.ndim,), x.dtype)
+    mus = jnp.zeros((2, x.ndim), x.dtype)
     zero = jnp.zeros((), x.dtype)
     grams = tuple(gram(f) for f in factors)
     state = (jnp.zeros((), jnp.int32), factors, grams, start, zero, slack, zero, mus, hist)

@@ -5,10 +5,10 @@ import pytest
 from cp_testing import degenerate_cpd, full, random_factors
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.optimize import minimize
+from scipy.optimize import brentq, minimize
 
 import jaxcpd
-from jaxcpd.decomp.epc import epc_factor_update, epc_weights
+from jaxcpd.decomp.epc import epc_factor_update, epc_weights, predict_multiplier
 
 
 def _err(x, factors):
@@ -155,6 +155,45 @@ def test_factor_update_is_exact_minimiser(objective, slack_scale, x64):
     assert ref.success
     np.testing.assert_allclose(new.ravel(), ref.x, atol=1e-4)
     assert np.sum((x1 - new @ z.T) ** 2) <= delta_sq * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("slack_scale", [0.0, 0.3, -0.3])
+def test_factor_update_returns_the_secular_root_and_any_start_gives_one_update(slack_scale, x64):
+    """The returned multiplier is the root of the secular equation (closed form by eigh:
+    ``sum |b_r|^2 / (1 + mu e_r)^2 = rho^2``), and the update does not depend on the
+    start it is given (0, the root, or far from it on either side)."""
+    x1, (_, b, c), z, _ = _mode1_subproblem(seed=5)
+    ls = np.linalg.lstsq(z, x1.T, rcond=None)[0].T
+    a = 0.6 * ls  # between the zero factor and least squares: the root is on the path
+    cur_err_sq, ls_err_sq = (np.sum((x1 - f @ z.T) ** 2) for f in (a, ls))
+    slack = slack_scale * (cur_err_sq - ls_err_sq)
+    w_sq = np.asarray(epc_weights((jnp.asarray(a), jnp.asarray(b), jnp.asarray(c)), 0, "sensitivity"))
+    winv = 1 / np.sqrt(w_sq)
+    e, q = np.linalg.eigh(z.T @ z * np.outer(winv, winv))
+    b_sq = np.sum(((x1 @ z) * winv @ q) ** 2 / e, axis=0)
+    rho_sq = cur_err_sq - ls_err_sq + slack
+    root = brentq(lambda m: np.sum(b_sq / (1 + m * e) ** 2) - rho_sq, 0.0, 1e8, xtol=1e-14, rtol=1e-14)
+
+    def update(mu):
+        args = (jnp.asarray(a), jnp.asarray(w_sq), jnp.asarray(z.T @ z), jnp.asarray(x1 @ z), slack)
+        return epc_factor_update(*args, mu=mu)
+
+    new, _, found = update(0.0)
+    assert float(found) == pytest.approx(root, rel=1e-9)
+    for start in (root, root * 1.01, root * 0.2, root * 50):
+        again, _, found_again = update(start)
+        np.testing.assert_allclose(np.asarray(again), np.asarray(new), rtol=1e-9, atol=1e-12)
+        assert float(found_again) == pytest.approx(root, rel=1e-9)
+
+
+def test_predicted_multiplier_extrapolates_geometrically():
+    """Exact on a geometric sequence; the ratio clipped to [1/2, 2]; the last root when
+    there are not two positive ones."""
+    geometric = [(3.0, 2.0, 4.5), (2.0, 3.0, 4 / 3)]
+    clipped = [(10.0, 1.0, 20.0), (1.0, 10.0, 0.5)]
+    for last, before, want in geometric + clipped + [(5.0, 0.0, 5.0), (0.0, 4.0, 0.0)]:
+        got = predict_multiplier(jnp.float32(last), jnp.float32(before))
+        assert float(got) == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.parametrize("slack_scale", [0.2, -0.2])
