@@ -18,7 +18,11 @@ needs one Cholesky factorisation of ``I + mu Gamma`` per step: 2-4 steps from th
 previous sweep's ``mu``, and often one from ``mu`` extrapolated from the previous two
 sweeps (:func:`predict_multiplier`). An R x R eigendecomposition costs 15-20 Cholesky
 factorisations on CPU (19 ms vs 1.1 ms at R = 500), so this made the EPC sweep
-1.6-3x faster on kernels up to 128 channels and left it unchanged at 512.
+1.6-3x faster on kernels up to 128 channels and left it unchanged at 512. The
+secular function's offset comes from the first evaluation, without a least-squares
+solve, wherever that is safe (``epc_factor_update``): with the extrapolated start,
+an EPC sweep costs 1.6-2.0 ALS sweeps from the sixth sweep on (2.6-3.4 before, at
+R = 500 on 64-128 channels; ``scripts/bench_decomp.py``).
 
 The slack ``delta^2 - |X - X^|^2`` is carried from update to update as the sum of
 the exact changes, with an estimate of that sum's rounding error (from the sizes of
@@ -114,7 +118,10 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     Cholesky factorisation of ``I + mu Gamma`` per step, no eigendecomposition; from
     a warm start it takes 1-4 steps. ``s`` is tracked as ``s(mu_cur)``
     plus the exact change of the squared error, ``<A~ - A~_cur, R_cur + R(mu)>`` with
-    ``R = A~ Gamma - G``, so the bound never depends on ``|K|^2 - |b|^2``.
+    ``R = A~ Gamma - G``, so the bound never depends on ``|K|^2 - |b|^2``. The offset
+    ``s(mu_cur) = R_cur Gamma^-1 R_cur^T`` only sets Newton's step sizes and the
+    margin's share: from a warm start it is read off the first evaluation (a one-pole
+    model of ``s``), otherwise from one Cholesky factorisation of ``Gamma``.
 
     Args:
       current: ``(I, R)`` current factor, kept when it is outside the bound and no
@@ -154,34 +161,74 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
         ``R = A~ Gamma - G``: exact for a quadratic, no cancellation."""
         return inner(a_new - a_cur, r_cur + r_new)
 
-    # The two ends of the path: the zero factor, and least squares. Gamma may be
-    # singular and, after rounding, slightly indefinite: least squares uses a jittered
-    # factor (``psd_cholesky``); a path point whose factorisation fails is never taken
-    # (below). s(mu) = |Y(mu) - b|^2 = E(mu) - E_ls is measured from the least-squares
-    # point: s_cur = E_cur - E_ls = R_cur Gamma^-1 R_cur^T, one triangular solve.
-    chol_ls = psd_cholesky(gamma)
-    half = lax.linalg.triangular_solve(chol_ls, r_cur.T, left_side=True, lower=True)
-    s_fast = sq_norm(half)
-
-    def least_squares():
-        """``G Gamma^-1`` and its exact error change. (Not ``A~_cur - R_cur Gamma^-1``
-        from the solve above: on a near-exact CPD, (9, 64, 64) R = 500 at relative error
-        4.7e-6, the rounding of ``R_cur`` in that point left EPC's first sweep at 5.4e-6
-        instead of 4.9e-6, and the loop stopped there.)"""
-        a_ls = lax.optimization_barrier(cholesky_solve_rows(chol_ls, g))
-        return a_ls, error_change(a_ls, a_ls @ gamma - g)
-
-    # That norm carries the rounding of R_cur through Gamma^-1, while the path's points
-    # are measured by exact changes; the two differ by the least-squares point's own
-    # rounding residual: up to 5e-5 rho^2 on Gaussian CPDs (median 1e-7-1e-5), but
-    # about margin^2 on a near-exact one, where the sphere can fall out of the path's
-    # reach. So within 64 margins of least squares (every update that goes there is)
-    # the least-squares point and its exact change are formed, and give the offset.
     target = slack - reserve
-    near = jnp.sqrt(jnp.maximum(s_fast + target, 0.0)) <= 65 * margin
-    a_ls, change_ls = lax.cond(near, least_squares, lambda: (a_cur, -s_fast))
-    s_cur = jnp.where(near, jnp.maximum(-change_ls, 0.0), s_fast)
     change_zero = error_change(0.0, -g)
+    start = jnp.asarray(mu, dtype)
+
+    def evaluate(m):
+        """The path at ``m``: one Cholesky of ``I + m Gamma``; ``A~ = m z``, ``A~ Gamma - G = -z``."""
+        chol = cholesky(eye + m * gamma)
+        z = cholesky_solve_rows(chol, g)
+        return chol, z, error_change(m * z, -z)
+
+    def slope(chol, z):
+        """``-s'(m) / 2 = |L^-1 z^T|^2``."""
+        return sq_norm(lax.linalg.triangular_solve(chol, z.T, left_side=True, lower=True))
+
+    def pole_slope(m, s, p2):
+        """``-s'(m) / 2`` of the one-pole model of s that fits ``s`` and ``p2 = |z|^2``
+        (exact when Gamma has one distinct eigenvalue)."""
+        return p2 * s / (s + m * p2)
+
+    # The first evaluation, at the warm start, comes before the offset s_cur is known:
+    # from a warm start, s_cur is read off it (below) instead of a least-squares solve.
+    chol0, z0, change0 = evaluate(start)
+    p2 = sq_norm(z0)
+    warm = start > 0
+    slope0 = lax.cond(warm, lambda: slope(chol0, z0), lambda: jnp.zeros((), dtype))
+    # One-pole model from p2 and p3 = slope0: s(m) ~= m p2 p3 / (p2 - p3), 0.6-5.7 % off
+    # (median; at most 8.5 %) over 40 sweeps of five Gaussian CPDs. The offset's error
+    # changes Newton's steps, not its root (where the exact error change meets the
+    # target, up to the margin's share), nor the bound. It is used only where it is at
+    # most 2x that error of rho^2 and rho is above 1024 margins (97 % of the updates in
+    # those runs, 65 % at (9, 64, 64) R = 500, whose rounding reserve keeps it near
+    # least squares); elsewhere, and from a cold start, least squares gives it.
+    gap = p2 - slope0
+    s_free = start * p2 * slope0 / jnp.where(gap > 0, gap, 1.0) - change0
+    free = warm & (gap > 0) & (s_free > 0) & (s_free + target >= 0.5 * s_free)
+    free = free & (jnp.sqrt(jnp.maximum(s_free + target, 0.0)) > 1024 * margin)
+
+    def exact_offset():
+        """s_cur = E_cur - E_ls = R_cur Gamma^-1 R_cur^T from the least-squares Cholesky
+        factor (one triangular solve), and the least-squares point where needed."""
+        # Gamma may be singular and, after rounding, slightly indefinite: least squares
+        # uses a jittered factor (``psd_cholesky``); a path point whose factorisation
+        # fails is never taken (below).
+        chol_ls = psd_cholesky(gamma)
+        half = lax.linalg.triangular_solve(chol_ls, r_cur.T, left_side=True, lower=True)
+        s_fast = sq_norm(half)
+
+        def least_squares():
+            """``G Gamma^-1`` and its exact error change. (Not ``A~_cur - R_cur Gamma^-1``
+            from the solve above: on a near-exact CPD, (9, 64, 64) R = 500 at relative
+            error 4.7e-6, the rounding of ``R_cur`` in that point left EPC's first sweep
+            at 5.4e-6 instead of 4.9e-6, and the loop stopped there.)"""
+            a_ls = lax.optimization_barrier(cholesky_solve_rows(chol_ls, g))
+            return a_ls, error_change(a_ls, a_ls @ gamma - g)
+
+        # That norm carries the rounding of R_cur through Gamma^-1, while the path's
+        # points are measured by exact changes; the two differ by the least-squares
+        # point's own rounding residual: up to 5e-5 rho^2 on Gaussian CPDs (median
+        # 1e-7-1e-5), but about margin^2 on a near-exact one, where the sphere can fall
+        # out of the path's reach. So within 64 margins of least squares (every update
+        # that goes there is) the least-squares point and its exact change are formed,
+        # and give the offset.
+        near = jnp.sqrt(jnp.maximum(s_fast + target, 0.0)) <= 65 * margin
+        a_ls, change_ls = lax.cond(near, least_squares, lambda: (a_cur, -s_fast))
+        return jnp.where(near, jnp.maximum(-change_ls, 0.0), s_fast), a_ls, change_ls
+
+    # s(mu) = |Y(mu) - b|^2 = E(mu) - E_ls is measured from the least-squares point.
+    s_cur, a_ls, change_ls = lax.cond(free, lambda: (s_free, a_cur, -s_free), exact_offset)
     unreachable = change_ls > target
     empty = unreachable & (slack < 0)
     zero = ~unreachable & (change_zero <= target)
@@ -194,35 +241,39 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     # float32 s is not known much better than that.
     s_tol = rho * margin + 16 * eps * rho * rho
 
+    def newton_step(m, change, known_slope):
+        """Whether ``s(m)`` is still outside the tolerance, and the next ``m``. -s'(m)/2 is
+        needed for the next step only: an evaluation within tolerance ends the loop, and
+        its step only refines the root remembered for the next sweep's start, so there
+        the one-pole model replaces the solve."""
+        s = jnp.maximum(s_cur + change, tiny)
+        far = jnp.abs(s - rho * rho) > s_tol
+        s3 = known_slope(far, s)
+        step = s * (jnp.sqrt(s) / rho - 1.0) / jnp.where(s3 > 0, s3, 1.0)
+        return far, jnp.maximum(m + jnp.where(s3 > 0, step, 0.0), 0.0)
+
     def cond(state):
         it, m, _, _, m_next, far = state
         moving = jnp.abs(m_next - m) > 4 * eps * m_next
-        return newton & (it < _NEWTON_STEPS) & ((it == 0) | (far & moving))
+        return newton & (it < _NEWTON_STEPS) & far & moving
 
     def body(state):
-        """Evaluates the path at ``m`` (one Cholesky of ``I + m Gamma``), proposes the next ``m``."""
         it, _, _, _, m, _ = state
-        chol = cholesky(eye + m * gamma)
-        z = cholesky_solve_rows(chol, g)  # on the path A~ = m z and A~ Gamma - G = -z
-        change = error_change(m * z, -z)
-        s = jnp.maximum(s_cur + change, tiny)
-        far = jnp.abs(s - rho * rho) > s_tol
-        # -s'(m) / 2 = |L^-1 z^T|^2. An evaluation within tolerance ends the loop (``cond``)
-        # and its step only refines the root remembered for the next sweep's start, so
-        # there the solve is replaced by the one-pole model of s that fits s and |z|^2
-        # (s3 ~= |z|^2 s / (s + m |z|^2); exact when Gamma has one distinct eigenvalue).
-        s3 = lax.cond(
-            far,
-            lambda: sq_norm(lax.linalg.triangular_solve(chol, z.T, left_side=True, lower=True)),
-            lambda: (lambda p2: p2 * s / (s + m * p2))(sq_norm(z)),
-        )
-        step = s * (jnp.sqrt(s) / rho - 1.0) / jnp.where(s3 > 0, s3, 1.0)
-        m_next = jnp.maximum(m + jnp.where(s3 > 0, step, 0.0), 0.0)
+        chol, z, change = evaluate(m)
+
+        def known_slope(far, s):
+            return lax.cond(far, lambda: slope(chol, z), lambda: pole_slope(m, s, sq_norm(z)))
+
+        far, m_next = newton_step(m, change, known_slope)
         return it + 1, m, m * z, change, m_next, far
 
-    start = jnp.where(newton, jnp.asarray(mu, dtype), 0.0)
-    far = jnp.ones((), bool)  # no evaluation yet (``cond`` runs the first one regardless)
-    state = (jnp.zeros((), jnp.int32), start, jnp.zeros_like(a_cur), jnp.zeros((), dtype), start, far)
+    def first_slope(far, s):
+        """From a warm start the slope is already known; from a cold one as in ``body``."""
+        cold = lax.cond(far & ~warm, lambda: slope(chol0, z0), lambda: pole_slope(start, s, p2))
+        return jnp.where(warm, slope0, cold)
+
+    far0, next0 = newton_step(start, change0, first_slope)
+    state = (jnp.ones((), jnp.int32), start, start * z0, change0, next0, far0)
     _, _, a_path, change_path, root, _ = lax.while_loop(cond, body, state)
 
     a_new = jnp.where(zero, 0.0, jnp.where(at_ls, a_ls, a_path))
