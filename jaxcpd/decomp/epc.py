@@ -20,9 +20,9 @@ sweeps (:func:`predict_multiplier`). An R x R eigendecomposition costs 15-20 Cho
 factorisations on CPU (19 ms vs 1.1 ms at R = 500), so this made the EPC sweep
 1.6-3x faster on kernels up to 128 channels and left it unchanged at 512. The
 secular function's offset comes from the first evaluation, without a least-squares
-solve, wherever that is safe (``epc_factor_update``): with the extrapolated start,
-an EPC sweep costs 1.6-2.0 ALS sweeps from the sixth sweep on (2.6-3.4 before, at
-R = 500 on 64-128 channels; ``scripts/bench_decomp.py``).
+solve, wherever that is safe (``epc_factor_update``). With both, an EPC sweep at
+R = 500 on 64-128 channels costs 1.6-2.0 ALS sweeps from the sixth sweep on
+(``scripts/bench_decomp.py``; docs/performance.md has the measurements before and after).
 
 The slack ``delta^2 - |X - X^|^2`` is carried from update to update as the sum of
 the exact changes, with an estimate of that sum's rounding error (from the sizes of
@@ -189,10 +189,11 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     # One-pole model from p2 and p3 = slope0: s(m) ~= m p2 p3 / (p2 - p3), 0.6-5.7 % off
     # (median; at most 8.5 %) over 40 sweeps of five Gaussian CPDs. The offset's error
     # changes Newton's steps, not its root (where the exact error change meets the
-    # target, up to the margin's share), nor the bound. It is used only where it is at
-    # most 2x that error of rho^2 and rho is above 1024 margins (97 % of the updates in
-    # those runs, 65 % at (9, 64, 64) R = 500, whose rounding reserve keeps it near
-    # least squares); elsewhere, and from a cold start, least squares gives it.
+    # target, up to the margin's share), nor the bound. It is used only where rho^2 is
+    # at least half the offset (so that error is at most 17 % of rho^2) and rho is above
+    # 1024 margins: 97 % of the updates in those runs, 65 % at (9, 64, 64) R = 500,
+    # whose rounding reserve keeps it near least squares. Elsewhere, and from a cold
+    # start, least squares gives it.
     gap = p2 - slope0
     s_free = start * p2 * slope0 / jnp.where(gap > 0, gap, 1.0) - change0
     free = warm & (gap > 0) & (s_free > 0) & (s_free + target >= 0.5 * s_free)
