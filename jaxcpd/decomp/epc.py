@@ -202,8 +202,9 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     free = free & (jnp.sqrt(jnp.maximum(s_free + target, 0.0)) > 1024 * margin)
 
     def exact_offset():
-        """s_cur = E_cur - E_ls = R_cur Gamma^-1 R_cur^T from the least-squares Cholesky
-        factor (one triangular solve), and the least-squares point where needed."""
+        """``(A~_ls, change_ls)`` from the least-squares Cholesky factor: ``-change_ls =
+        s_cur = E_cur - E_ls = R_cur Gamma^-1 R_cur^T`` (one triangular solve), and the
+        least-squares point with its exact change where needed."""
         # Gamma may be singular and, after rounding, slightly indefinite: least squares
         # uses a jittered factor (``psd_cholesky``); a path point whose factorisation
         # fails is never taken (below).
@@ -227,11 +228,11 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
         # that goes there is) the least-squares point and its exact change are formed,
         # and give the offset.
         near = jnp.sqrt(jnp.maximum(s_fast + target, 0.0)) <= 65 * margin
-        a_ls, change_ls = lax.cond(near, least_squares, lambda: (a_cur, -s_fast))
-        return jnp.where(near, jnp.maximum(-change_ls, 0.0), s_fast), a_ls, change_ls
+        return lax.cond(near, least_squares, lambda: (a_cur, -s_fast))
 
     # s(mu) = |Y(mu) - b|^2 = E(mu) - E_ls is measured from the least-squares point.
-    s_cur, a_ls, change_ls = lax.cond(free, lambda: (s_free, a_cur, -s_free), exact_offset)
+    a_ls, change_ls = lax.cond(free, lambda: (a_cur, -s_free), exact_offset)
+    s_cur = jnp.maximum(-change_ls, 0.0)
     unreachable = change_ls > target
     empty = unreachable & (slack < 0)
     zero = ~unreachable & (change_zero <= target)
