@@ -63,10 +63,10 @@ RANKS = [10, 100, 500]
 # varied 11-29 ms at (9,512,512) R=100 within one process, and a median of paired
 # differences is steadier than a difference of minima.
 REPEATS = 5
-# (lo, hi) sweep counts of the EPC / ALS pairs (see the module docstring).
-EPC_SWEEPS = (5, 25)
-EPC_EARLY = (1, 5)
-EPC_RUN = (1, 200)
+# (lo, hi) sweep counts and pair counts of the EPC / ALS windows (module docstring).
+EPC_SWEEPS = (5, 25, REPEATS)
+EPC_EARLY = (1, 5, REPEATS)
+EPC_RUN = (1, 200, 3)
 
 
 def best_time(fn, repeats=3):
@@ -146,13 +146,9 @@ def bench_ours(shape, rank):
         jaxcpd.epc(xj, start, max_iter=n, tol=0.0).rel_error.block_until_ready()
 
     t_als = float(np.median(sweep_samples((als,), *sweep_counts(shape, rank), REPEATS)))
-    ratios = []
-    for lo, hi in (EPC_SWEEPS, EPC_EARLY, EPC_RUN):
-        samples = sweep_samples((als, epc), lo, hi, 3 if (lo, hi) == EPC_RUN else REPEATS)
-        ratios.append(float(np.median(samples[:, 1] / samples[:, 0])))
-        if (lo, hi) == EPC_SWEEPS:
-            t_epc = float(np.median(samples[:, 1]))
-    return t_als, t_epc, *ratios
+    steady, early, run = (sweep_samples((als, epc), *window) for window in (EPC_SWEEPS, EPC_EARLY, EPC_RUN))
+    ratios = (float(np.median(s[:, 1] / s[:, 0])) for s in (steady, early, run))
+    return t_als, float(np.median(steady[:, 1])), *ratios
 
 
 def bench_lapack_floor(shape, rank):
