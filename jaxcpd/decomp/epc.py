@@ -171,9 +171,11 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
         z = cholesky_solve_rows(chol, g)
         return chol, z, error_change(m * z, -z)
 
-    def slope(chol, z):
-        """``-s'(m) / 2 = |L^-1 z^T|^2``."""
-        return sq_norm(lax.linalg.triangular_solve(chol, z.T, left_side=True, lower=True))
+    def half_solve_norm(chol, rows):
+        """``|L^-1 rows^T|^2 = rows (L L^T)^-1 rows^T``: with ``L L^T = I + m Gamma`` and
+        ``rows = z`` the slope ``-s'(m) / 2``; with ``L L^T = Gamma`` and ``rows = R_cur``
+        the offset ``s_cur``."""
+        return sq_norm(lax.linalg.triangular_solve(chol, rows.T, left_side=True, lower=True))
 
     def pole_slope(m, s, p2):
         """``-s'(m) / 2`` of the one-pole model of s that fits ``s`` and ``p2 = |z|^2``
@@ -187,7 +189,7 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
     chol0, z0, change0 = evaluate(start)
     p2 = sq_norm(z0)
     warm = start > 0
-    slope0 = slope(chol0, z0)
+    slope0 = half_solve_norm(chol0, z0)
     # One-pole model from p2 and p3 = slope0: s(m) ~= m p2 p3 / (p2 - p3), 0.6-5.7 % off
     # (median; at most 8.5 %) over 40 sweeps of five Gaussian CPDs. The offset's error
     # changes Newton's steps, not its root (where the exact error change meets the
@@ -209,8 +211,7 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
         # uses a jittered factor (``psd_cholesky``); a path point whose factorisation
         # fails is never taken (below).
         chol_ls = psd_cholesky(gamma)
-        half = lax.linalg.triangular_solve(chol_ls, r_cur.T, left_side=True, lower=True)
-        s_fast = sq_norm(half)
+        s_fast = half_solve_norm(chol_ls, r_cur)
 
         def least_squares():
             """``G Gamma^-1`` and its exact error change. (Not ``A~_cur - R_cur Gamma^-1``
@@ -266,7 +267,7 @@ def epc_factor_update(current, weights_sq, gram, mttkrp, slack, margin=0.0, mu=0
         chol, z, change = evaluate(m)
 
         def known_slope(far, s):
-            return lax.cond(far, lambda: slope(chol, z), lambda: pole_slope(m, s, sq_norm(z)))
+            return lax.cond(far, lambda: half_solve_norm(chol, z), lambda: pole_slope(m, s, sq_norm(z)))
 
         far, m_next = newton_step(m, change, known_slope)
         return it + 1, m, m * z, change, m_next, far
